@@ -1,0 +1,255 @@
+package natskvlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultBucketTTL is the MaxAge of buckets created without a TTL, and
+// the lease TTL used when neither the lease nor the bucket sets one.
+const DefaultBucketTTL = 10 * time.Second
+
+// BucketConfig describes a KeyValue bucket for leases.
+type BucketConfig struct {
+	// Bucket is the bucket name: letters, digits, '-' and '_'.
+	Bucket string
+	// TTL is the bucket's MaxAge, the longest any lease in it can live.
+	// Zero means DefaultBucketTTL.
+	TTL time.Duration
+	// Storage is ignored unless it is jetstream.MemoryStorage, the
+	// default: the zero jetstream.StorageType is FileStorage, so it
+	// cannot tell "file" from "unset". Set FileStorage to ask for file
+	// storage.
+	Storage jetstream.StorageType
+	// FileStorage stores the bucket on disk, so that leases survive a
+	// server restart. Memory storage, the default, loses every lease
+	// when the server (or, on R1, its only replica) restarts.
+	FileStorage bool
+	// Compression enables S2 compression of stored values.
+	Compression bool
+	// Replicas is the number of stream replicas (1 to 5). Zero means 1.
+	Replicas int
+}
+
+func (c BucketConfig) storage() jetstream.StorageType {
+	if c.FileStorage {
+		return jetstream.FileStorage
+	}
+	return jetstream.MemoryStorage
+}
+
+func (c BucketConfig) normalize() (BucketConfig, error) {
+	if err := validateBucket("BucketConfig.Bucket", c.Bucket); err != nil {
+		return c, err
+	}
+	switch {
+	case c.TTL < 0:
+		return c, configError("BucketConfig.TTL", "%v is negative", c.TTL)
+	case c.TTL == 0:
+		c.TTL = DefaultBucketTTL
+	case c.TTL < time.Second:
+		return c, configError("BucketConfig.TTL", "%v is below the server's one-second TTL resolution", c.TTL)
+	}
+	switch {
+	case c.Replicas < 0 || c.Replicas > 5:
+		return c, configError("BucketConfig.Replicas", "%d is outside 1..5", c.Replicas)
+	case c.Replicas == 0:
+		c.Replicas = 1
+	}
+	return c, nil
+}
+
+// KVHelper opens and creates lease buckets.
+type KVHelper struct {
+	js     jetstream.JetStream
+	logger *slog.Logger
+}
+
+// NewKVHelper returns a helper using js. A nil logger discards logs.
+func NewKVHelper(js jetstream.JetStream, logger *slog.Logger) *KVHelper {
+	return &KVHelper{js: js, logger: orDiscard(logger)}
+}
+
+// GetOrCreateBucket opens the bucket named in cfg, creating it if it does
+// not exist, retrying transient errors.
+//
+// A new bucket has MaxAge = cfg.TTL, History 1, memory storage unless
+// cfg.FileStorage is set, and LimitMarkerTTL = cfg.TTL, so that an
+// expired lease leaves a marker that watchers see and leases can carry
+// their own per-message TTL. An existing bucket whose MaxAge differs from
+// cfg.TTL is refused with an error wrapping ErrBucketMismatch that names
+// both; it is never reconfigured.
+//
+// The returned KeyValue is bound to the helper's JetStream (see
+// BindJetStream), which leases need to publish per-message TTLs.
+func (h *KVHelper) GetOrCreateBucket(ctx context.Context, cfg BucketConfig) (jetstream.KeyValue, error) {
+	if h == nil || h.js == nil {
+		return nil, configError("KVHelper", "has no JetStream (NewKVHelper was given nil)")
+	}
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Storage == jetstream.MemoryStorage && cfg.FileStorage {
+		return nil, configError("BucketConfig.Storage", "MemoryStorage contradicts FileStorage=true")
+	}
+	kv, err := Retry(ctx, func() (jetstream.KeyValue, error) { return h.openOrCreate(ctx, cfg) })
+	if err != nil {
+		return nil, err
+	}
+	return BindJetStream(kv, h.js), nil
+}
+
+func (h *KVHelper) openOrCreate(ctx context.Context, cfg BucketConfig) (jetstream.KeyValue, error) {
+	kv, err := h.js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = h.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:         cfg.Bucket,
+			TTL:            cfg.TTL,
+			History:        1,
+			Storage:        cfg.storage(),
+			Replicas:       cfg.Replicas,
+			Compression:    cfg.Compression,
+			LimitMarkerTTL: cfg.TTL,
+		})
+		if err == nil {
+			h.logger.DebugContext(ctx, "natskvlease: created bucket", "bucket", cfg.Bucket, "ttl", cfg.TTL, "replicas", cfg.Replicas)
+			return kv, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketExists) {
+			return nil, bucketError(cfg.Bucket, err)
+		}
+		// Another process created it first, perhaps differently.
+		kv, err = h.js.KeyValue(ctx, cfg.Bucket)
+	}
+	if err != nil {
+		return nil, bucketError(cfg.Bucket, err)
+	}
+	return kv, checkExisting(ctx, kv, cfg)
+}
+
+func checkExisting(ctx context.Context, kv jetstream.KeyValue, cfg BucketConfig) error {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st.TTL() != cfg.TTL {
+		return fmt.Errorf("%w: bucket %q has TTL (MaxAge) %v, asked for %v", ErrBucketMismatch, cfg.Bucket, st.TTL(), cfg.TTL)
+	}
+	return nil
+}
+
+// bucketError marks a request the server refused as a configuration error
+// (a name it will not take, say) and leaves others as they are, so that
+// Retry still sees transient ones.
+func bucketError(bucket string, err error) error {
+	var apiErr *jetstream.APIError
+	if errors.Is(err, jetstream.ErrInvalidBucketName) || (errors.As(err, &apiErr) && apiErr.Code == 400) {
+		return fmt.Errorf("%w: bucket %q refused: %w", ErrInvalidConfig, bucket, err)
+	}
+	return err
+}
+
+// BindJetStream returns kv together with the JetStream handle it was
+// opened with. Leases need it to write per-message TTLs and to read from
+// the stream leader; a KeyValue from KVHelper.GetOrCreateBucket is already
+// bound. A lease on an unbound KeyValue falls back to the bucket's MaxAge
+// as its TTL.
+func BindJetStream(kv jetstream.KeyValue, js jetstream.JetStream) jetstream.KeyValue {
+	if kv == nil || js == nil {
+		return kv
+	}
+	if b, ok := kv.(*boundKV); ok {
+		kv = b.KeyValue
+	}
+	return &boundKV{KeyValue: kv, js: js}
+}
+
+// boundKV is a KeyValue that remembers its JetStream handle.
+type boundKV struct {
+	jetstream.KeyValue
+	js jetstream.JetStream
+}
+
+func jetStreamOf(kv jetstream.KeyValue) jetstream.JetStream {
+	if b, ok := kv.(*boundKV); ok {
+		return b.js
+	}
+	return nil
+}
+
+// bucketPolicy is what a lease needs to know of its bucket: how long keys
+// may live and whether each write can carry its own TTL.
+type bucketPolicy struct {
+	maxAge time.Duration
+	msgTTL bool // the bucket allows per-message TTLs and we can write them
+}
+
+func readBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy, error) {
+	st, err := Retry(ctx, func() (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
+	if err != nil {
+		return bucketPolicy{}, fmt.Errorf("natskvlease: reading bucket %q: %w", kv.Bucket(), err)
+	}
+	p := bucketPolicy{maxAge: st.TTL()}
+	if s, ok := st.(*jetstream.KeyValueBucketStatus); ok && s.StreamInfo() != nil {
+		p.msgTTL = s.StreamInfo().Config.AllowMsgTTL && jetStreamOf(kv) != nil
+	}
+	return p, nil
+}
+
+// leaseTTL decides the TTL a lease writes (sent) and the TTL the server
+// will actually apply to it (effective), or refuses the requested TTL.
+// The server truncates per-message TTLs to whole seconds and caps them at
+// MaxAge, so sent is rounded up and effective is never more than what the
+// server enforces: a client must never believe its lease lives longer
+// than the server keeps it.
+func (p bucketPolicy) leaseTTL(bucket string, requested time.Duration) (sent, effective time.Duration, err error) {
+	if !p.msgTTL {
+		return p.maxAgeOnly(bucket, requested)
+	}
+	if requested == 0 {
+		requested = DefaultBucketTTL
+		if p.maxAge > 0 {
+			requested = p.maxAge
+		}
+	}
+	if requested < time.Second {
+		return 0, 0, fmt.Errorf("%w: TTL %v is below the server's 1s minimum for per-message TTLs (bucket %q)", ErrTTLNotSupported, requested, bucket)
+	}
+	if p.maxAge > 0 && requested > p.maxAge {
+		return 0, 0, fmt.Errorf("%w: TTL %v exceeds bucket %q MaxAge %v, which would expire the lease early", ErrTTLNotSupported, requested, bucket, p.maxAge)
+	}
+	sent = requested.Truncate(time.Second)
+	if sent < requested {
+		sent += time.Second
+	}
+	effective = sent
+	if p.maxAge > 0 && p.maxAge < effective {
+		effective = p.maxAge
+	}
+	return sent, effective, nil
+}
+
+// maxAgeOnly: without per-message TTLs every revision lives exactly
+// MaxAge, so that is the only TTL a lease can have.
+func (p bucketPolicy) maxAgeOnly(bucket string, requested time.Duration) (sent, effective time.Duration, err error) {
+	if p.maxAge <= 0 {
+		return 0, 0, fmt.Errorf("%w: bucket %q has neither MaxAge nor per-message TTLs (LimitMarkerTTL) usable here, so a lease would never expire; create it with KVHelper.GetOrCreateBucket or pass a KeyValue bound with BindJetStream", ErrTTLNotSupported, bucket)
+	}
+	if requested != 0 && requested != p.maxAge {
+		return 0, 0, fmt.Errorf("%w: TTL %v differs from bucket %q MaxAge %v, the only TTL it can enforce without per-message TTLs; set TTL to 0 or %v", ErrTTLNotSupported, requested, bucket, p.maxAge, p.maxAge)
+	}
+	return 0, p.maxAge, nil
+}
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

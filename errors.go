@@ -1,0 +1,57 @@
+package natskvlease
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by this package. Test for them with errors.Is: most are
+// wrapped with the key, bucket or field they concern.
+var (
+	// ErrLeaseNotHeld is returned by Renew and Release when the lease is
+	// not held by the caller (never acquired, already released, or lost).
+	ErrLeaseNotHeld = errors.New("lease not held")
+	// ErrLeaseExists is returned when a write finds the key held by
+	// another owner.
+	ErrLeaseExists = errors.New("lease already exists")
+	// ErrProviderClosed is returned by calls on a closed client.
+	ErrProviderClosed = errors.New("provider is closed")
+	// ErrProviderStopped is returned by LeaseManager.Start and Stop once
+	// the manager has been stopped.
+	ErrProviderStopped = errors.New("provider is stopped")
+	// ErrNatsVersionNotSupported is returned when the NATS server is older
+	// than MinNatsMajorVersion.MinNatsMinorVersion.0.
+	ErrNatsVersionNotSupported = errors.New("NATS server version must be 2.11.0 or higher and JetStream must be enabled")
+
+	// ErrInvalidConfig is wrapped by every configuration error: a bad
+	// field of LeaseConfig, BucketConfig or RetryConfig, a nil KeyValue
+	// or JetStream, an invalid key or bucket name.
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrTTLNotSupported is returned at first use when the bucket cannot
+	// expire the lease after exactly the TTL asked for: a TTL below one
+	// second, above the bucket's MaxAge, or a bucket with neither MaxAge
+	// nor per-message TTLs. The lease is never silently shortened.
+	ErrTTLNotSupported = errors.New("lease TTL not supported by bucket")
+	// ErrBucketMismatch is returned by GetOrCreateBucket when the bucket
+	// exists with settings that differ from the ones asked for. The
+	// bucket is never reconfigured silently.
+	ErrBucketMismatch = errors.New("bucket exists with different settings")
+)
+
+// ConfigError describes one invalid configuration field. It wraps
+// ErrInvalidConfig.
+type ConfigError struct {
+	Field  string // the offending field, e.g. "LeaseConfig.TTL"
+	Reason string // why it was refused
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("natskvlease: invalid %s: %s", e.Field, e.Reason)
+}
+
+// Unwrap lets errors.Is(err, ErrInvalidConfig) hold.
+func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
+
+func configError(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}

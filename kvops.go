@@ -1,0 +1,280 @@
+package natskvlease
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// KVOps wraps a KeyValue with retries of transient errors. Its writes
+// resolve timeouts: when a retried write conflicts after an earlier
+// attempt timed out, the key is read back and the earlier attempt's
+// result adopted if the stored value is the one written. That is exact
+// only when values are unique per writer.
+type KVOps struct {
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream // nil unless kv is bound (BindJetStream)
+	logger *slog.Logger
+	retry  RetryConfig
+}
+
+// NewKVOps returns operations on kv. A nil logger discards logs.
+func NewKVOps(kv jetstream.KeyValue, logger *slog.Logger) *KVOps {
+	return &KVOps{kv: kv, js: jetStreamOf(kv), logger: orDiscard(logger), retry: DefaultRetryConfig()}
+}
+
+// KV returns the underlying KeyValue.
+func (o *KVOps) KV() jetstream.KeyValue { return o.kv }
+
+func (o *KVOps) check(key string) error {
+	if o == nil || o.kv == nil {
+		return configError("KeyValue", "is nil")
+	}
+	return validateKey("key", key)
+}
+
+// Create writes value under key if the key does not exist or was
+// deleted, and returns the new revision. A key that exists gives an error
+// wrapping jetstream.ErrKeyExists.
+func (o *KVOps) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	if err := o.check(key); err != nil {
+		return 0, err
+	}
+	return o.casWrite(ctx, key, value, 0, func() (uint64, error) { return o.kv.Create(ctx, key, value) })
+}
+
+// Update writes value under key if the key's latest revision is revision,
+// and returns the new revision. A mismatch gives an error wrapping
+// jetstream.ErrKeyRevisionMismatch.
+func (o *KVOps) Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error) {
+	if err := o.check(key); err != nil {
+		return 0, err
+	}
+	return o.casWrite(ctx, key, value, revision, func() (uint64, error) { return o.kv.Update(ctx, key, value, revision) })
+}
+
+func (o *KVOps) casWrite(ctx context.Context, key string, value []byte, after uint64, write func() (uint64, error)) (uint64, error) {
+	ambiguous := false
+	rev, err := RetryWithConfig(ctx, func() (uint64, error) {
+		rev, err := write()
+		ambiguous = ambiguous || IsTransient(err)
+		return rev, err
+	}, o.retry)
+	if err != nil && ambiguous && isRevisionMismatch(err) {
+		if e, gerr := o.kv.Get(ctx, key); gerr == nil && e.Revision() > after && bytes.Equal(e.Value(), value) {
+			o.logger.DebugContext(ctx, "natskvlease: adopted a timed-out write", "key", key, "revision", e.Revision())
+			return e.Revision(), nil
+		}
+	}
+	return rev, err
+}
+
+// Delete places a delete marker on key, whatever its revision.
+func (o *KVOps) Delete(ctx context.Context, key string) error {
+	if err := o.check(key); err != nil {
+		return err
+	}
+	_, err := Retry(ctx, func() (struct{}, error) { return struct{}{}, o.kv.Delete(ctx, key) })
+	return err
+}
+
+// DeleteWithRevision places a delete marker on key only if its latest
+// revision is revision. A mismatch gives an error wrapping
+// jetstream.ErrKeyRevisionMismatch, unless an earlier attempt that timed
+// out turns out to have deleted the key.
+func (o *KVOps) DeleteWithRevision(ctx context.Context, key string, revision uint64) error {
+	if err := o.check(key); err != nil {
+		return err
+	}
+	ambiguous := false
+	_, err := RetryWithConfig(ctx, func() (struct{}, error) {
+		err := o.kv.Delete(ctx, key, jetstream.LastRevision(revision))
+		ambiguous = ambiguous || IsTransient(err)
+		return struct{}{}, err
+	}, o.retry)
+	if err != nil && ambiguous && isRevisionMismatch(err) {
+		if _, gerr := o.kv.Get(ctx, key); errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+	}
+	return err
+}
+
+// Get returns key's latest entry; a deleted or expired key gives
+// jetstream.ErrKeyNotFound.
+func (o *KVOps) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if err := o.check(key); err != nil {
+		return nil, err
+	}
+	return Retry(ctx, func() (jetstream.KeyValueEntry, error) { return o.kv.Get(ctx, key) })
+}
+
+// Watch watches key: the latest entry first (delete and expiry markers
+// included), then every change. Stop the watcher or end ctx to release it.
+func (o *KVOps) Watch(ctx context.Context, key string) (jetstream.KeyWatcher, error) {
+	if err := o.check(key); err != nil {
+		return nil, err
+	}
+	return Retry(ctx, func() (jetstream.KeyWatcher, error) { return o.kv.Watch(ctx, key) })
+}
+
+// The single-attempt operations below are what a Lease is made of. They
+// do not retry: the lease decides, with its deadline in hand, whether and
+// how to retry.
+
+// snapshot is the latest state of a key as far as a lease cares.
+type snapshot struct {
+	rev    uint64 // revision of the latest entry; 0 if none (or unknown, see revKnown)
+	value  []byte
+	vacant bool // no live holder: no entry, or a delete, purge or expiry marker
+	// revKnown is false when the key is vacant but the marker's revision
+	// could not be learned (an unbound KeyValue hides it).
+	revKnown bool
+}
+
+func snapshotOf(e jetstream.KeyValueEntry) snapshot {
+	return snapshot{
+		rev:      e.Revision(),
+		value:    e.Value(),
+		vacant:   e.Operation() != jetstream.KeyValuePut,
+		revKnown: true,
+	}
+}
+
+// write stores value under key if key's latest revision is expected
+// (0: no entry at all), with a per-message TTL when ttl > 0. One round
+// trip. With anyVacant and an unbound KeyValue it writes over any marker
+// (kv.Create), which may take more.
+func (o *KVOps) write(ctx context.Context, key string, value []byte, expected uint64, ttl time.Duration, anyVacant bool) (uint64, error) {
+	if o.js == nil {
+		if anyVacant {
+			return o.kv.Create(ctx, key, value)
+		}
+		return o.kv.Update(ctx, key, value, expected)
+	}
+	m := &nats.Msg{Subject: o.subject(key), Data: value, Header: nats.Header{}}
+	opts := []jetstream.PublishOpt{
+		jetstream.WithExpectLastSequencePerSubject(expected),
+		// A "no responders" retry inside nats.go would hide time from the
+		// lease's deadline; the lease retries itself.
+		jetstream.WithRetryAttempts(0),
+	}
+	if ttl > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(ttl))
+	}
+	ack, err := o.js.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// remove places a delete marker on key if its latest revision is
+// expected, and returns the marker's revision (0 when the KeyValue is
+// unbound and cannot tell). One round trip.
+func (o *KVOps) remove(ctx context.Context, key string, expected uint64) (uint64, error) {
+	if o.js == nil {
+		return 0, o.kv.Delete(ctx, key, jetstream.LastRevision(expected))
+	}
+	m := &nats.Msg{Subject: o.subject(key), Header: nats.Header{}}
+	m.Header.Set(kvOperationHeader, "DEL")
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expected, 10))
+	ack, err := o.js.PublishMsg(ctx, m, jetstream.WithRetryAttempts(0))
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+const kvOperationHeader = "KV-Operation"
+
+func (o *KVOps) subject(key string) string { return "$KV." + o.kv.Bucket() + "." + key }
+
+// latest reads key's latest entry, markers included. With a bound
+// KeyValue the read is answered by the stream leader, which has every
+// acknowledged write; a direct get (kv.Get) may be answered by a replica
+// that lags behind.
+func (o *KVOps) latest(ctx context.Context, key string) (snapshot, error) {
+	if o.js == nil {
+		e, err := o.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return snapshot{vacant: true}, nil
+		}
+		if err != nil {
+			return snapshot{}, err
+		}
+		return snapshotOf(e), nil
+	}
+	return o.leaderGet(ctx, key)
+}
+
+type storedMsg struct {
+	Subject  string `json:"subject"`
+	Sequence uint64 `json:"seq"`
+	Header   []byte `json:"hdrs,omitempty"`
+	Data     []byte `json:"data,omitempty"`
+}
+
+type msgGetResponse struct {
+	Error   *jetstream.APIError `json:"error,omitempty"`
+	Message *storedMsg          `json:"message,omitempty"`
+}
+
+func (o *KVOps) leaderGet(ctx context.Context, key string) (snapshot, error) {
+	req, err := json.Marshal(map[string]string{"last_by_subj": o.subject(key)})
+	if err != nil {
+		return snapshot{}, err
+	}
+	subj := o.apiPrefix() + "STREAM.MSG.GET.KV_" + o.kv.Bucket()
+	msg, err := o.js.Conn().RequestWithContext(ctx, subj, req)
+	if err != nil {
+		return snapshot{}, err
+	}
+	var resp msgGetResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return snapshot{}, fmt.Errorf("natskvlease: bad message-get response: %w", err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return snapshot{vacant: true, revKnown: true}, nil
+		}
+		return snapshot{}, resp.Error
+	}
+	if resp.Message == nil {
+		return snapshot{}, errors.New("natskvlease: empty message-get response")
+	}
+	s := snapshot{rev: resp.Message.Sequence, value: resp.Message.Data, revKnown: true}
+	if len(resp.Message.Header) > 0 {
+		hdr, err := nats.DecodeHeadersMsg(resp.Message.Header)
+		if err != nil {
+			return snapshot{}, fmt.Errorf("natskvlease: bad stored headers: %w", err)
+		}
+		s.vacant = isMarker(hdr)
+	}
+	return s, nil
+}
+
+// isMarker reports a delete or purge (KV-Operation) or a server-written
+// expiry marker (Nats-Marker-Reason).
+func isMarker(h nats.Header) bool {
+	return h.Get(kvOperationHeader) != "" || h.Get(jetstream.MarkerReasonHeader) != ""
+}
+
+func (o *KVOps) apiPrefix() string {
+	opts := o.js.Options()
+	switch {
+	case opts.Domain != "":
+		return "$JS." + opts.Domain + ".API."
+	case opts.APIPrefix != "":
+		return opts.APIPrefix
+	}
+	return jetstream.DefaultAPIPrefix
+}

@@ -1,0 +1,767 @@
+package natskvlease
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LeaseCallbacks are told of a lease's changes. Each may be nil.
+//
+// Callbacks run one at a time, in event order (OnAcquired, OnRenewed...,
+// then OnLost or OnReleased), on a goroutine the Lease starts for them:
+// never the caller's goroutine and never the renewal loop's. A slow
+// callback therefore delays the callbacks after it, never a renewal; and
+// by the time a callback runs the state it reports may have moved on
+// (check IsHeld, or use Done for a signal with no delay).
+type LeaseCallbacks struct {
+	// OnAcquired is called when the lease is acquired.
+	OnAcquired func()
+	// OnLost is called once per holding that ends without Release: a
+	// renewal found another owner, or the safety deadline passed.
+	OnLost func()
+	// OnRenewed is called after each successful renewal.
+	OnRenewed func()
+	// OnReleased is called once per holding ended by Release,
+	// StopCamping, or the end of RunCamping's context.
+	OnReleased func()
+}
+
+// LeaseConfig configures a Lease.
+type LeaseConfig struct {
+	// Key is the key of the lease in the bucket: letters, digits and
+	// -/_=. with non-empty dot-separated tokens.
+	Key string
+	// TTL is how long the lease lives on the server after the last
+	// acquire or renew. Zero means the bucket's MaxAge, or
+	// DefaultBucketTTL if it has none. It must be at least one second,
+	// and no more than the bucket's MaxAge; the server counts per-message
+	// TTLs in whole seconds, so a fraction is rounded up.
+	TTL time.Duration
+	// RenewRatio is the fraction of TTL between renewals, in (0, 1). Zero
+	// means 1/3.
+	RenewRatio float64
+	// Value is stored under Key while the lease is held. It identifies
+	// the holder and must be unique to it: two leases with the same Value
+	// on one key are taken for the same holder.
+	Value []byte
+	// IsOwner reports whether a stored value is this holder's. Nil means
+	// bytes.Equal with Value.
+	IsOwner func(value []byte) bool
+	// Callbacks are told of changes; see LeaseCallbacks.
+	Callbacks LeaseCallbacks
+	// Logger receives the lease's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+const defaultRenewRatio = 1.0 / 3
+
+func (c LeaseConfig) validate(kv jetstream.KeyValue) error {
+	if kv == nil {
+		return configError("KeyValue", "is nil")
+	}
+	if err := validateKey("LeaseConfig.Key", c.Key); err != nil {
+		return err
+	}
+	if len(c.Value) == 0 {
+		return configError("LeaseConfig.Value", "is empty; it identifies the holder")
+	}
+	if c.TTL < 0 {
+		return configError("LeaseConfig.TTL", "%v is negative", c.TTL)
+	}
+	if c.RenewRatio < 0 || c.RenewRatio >= 1 || c.RenewRatio != c.RenewRatio {
+		return configError("LeaseConfig.RenewRatio", "%v is outside (0, 1)", c.RenewRatio)
+	}
+	return nil
+}
+
+// Lease is a revision-checked lease on one key of a KeyValue bucket.
+//
+// The guarantee: while IsHeld reports true, no other Lease on the same
+// key can have acquired it. IsHeld is checked against a local safety
+// deadline at every call: the time the last successful acquire or renew
+// was sent, plus the TTL the server applies, less a tenth of it. The
+// server deletes the key once the TTL has passed since it stored that
+// write, so a holder stops believing it holds before anyone else can
+// acquire. This assumes the client's and server's clocks run at nearly
+// the same rate (they need not agree on the time).
+//
+// Every write is one round trip and carries the revision it expects, so a
+// stale holder can never overwrite a newer one. Token returns the
+// revision at which the holding began: a fencing token that only grows.
+//
+// A Lease is safe for concurrent use. Its network operations are
+// serialized.
+type Lease struct {
+	ops       *KVOps
+	cfg       LeaseConfig
+	logger    *slog.Logger
+	cfgErr    error
+	retry     RetryConfig
+	callbacks dispatcher
+
+	opMu sync.Mutex // serializes network operations
+
+	mu       sync.Mutex // guards the fields below; never held across I/O
+	value    []byte
+	ready    bool          // sentTTL and ttl are known
+	sentTTL  time.Duration // per-message TTL written; 0 when the bucket's MaxAge applies
+	ttl      time.Duration // the TTL the server applies
+	ttlErr   error         // a TTL the bucket cannot honour; final
+	held     bool
+	gen      uint64 // counts holdings
+	token    uint64
+	rev      uint64 // our latest revision; kept after a loss by deadline so Release can clean up
+	deadline time.Time
+	done     chan struct{} // closed when the current holding ends
+	watchdog *time.Timer
+	seen     snapshot // the key's latest state as last observed
+	seenOK   bool
+	camp     *campaign
+}
+
+// NewLease returns a lease for cfg.Key in kv. Nothing is sent until the
+// first call. An invalid configuration is reported, wrapping
+// ErrInvalidConfig, by every method that returns an error.
+func NewLease(kv jetstream.KeyValue, cfg LeaseConfig) *Lease {
+	l := &Lease{cfg: cfg, logger: orDiscard(cfg.Logger), retry: DefaultRetryConfig()}
+	l.logger = l.logger.With("key", cfg.Key)
+	l.callbacks.logger = l.logger
+	l.cfgErr = cfg.validate(kv)
+	if l.cfgErr != nil {
+		return l
+	}
+	l.ops = NewKVOps(kv, cfg.Logger)
+	l.value = bytes.Clone(cfg.Value)
+	if l.cfg.RenewRatio == 0 {
+		l.cfg.RenewRatio = defaultRenewRatio
+	}
+	return l
+}
+
+// GetOps returns the KeyValue operations the lease uses (nil if the
+// configuration is invalid).
+func (l *Lease) GetOps() *KVOps { return l.ops }
+
+// UpdateValue changes the value written by later acquires and renewals.
+// An empty value is ignored: it would no longer identify the holder.
+func (l *Lease) UpdateValue(val []byte) {
+	if len(val) == 0 {
+		l.logger.Warn("natskvlease: UpdateValue with an empty value ignored")
+		return
+	}
+	l.mu.Lock()
+	l.value = bytes.Clone(val)
+	l.mu.Unlock()
+}
+
+// IsHeld reports whether the lease is held now: acquired, not released,
+// and its safety deadline not passed. It does no I/O.
+func (l *Lease) IsHeld() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held && time.Now().Before(l.deadline)
+}
+
+// Token returns the fencing token of the current holding: the revision
+// at which it was acquired. Tokens of successive holdings of a key, by
+// any holder, strictly increase. It is 0 when the lease is not held.
+func (l *Lease) Token() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.held || !time.Now().Before(l.deadline) {
+		return 0
+	}
+	return l.token
+}
+
+// Deadline returns the local safety deadline of the current holding, or
+// the zero time when the lease is not held.
+func (l *Lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.held || !time.Now().Before(l.deadline) {
+		return time.Time{}
+	}
+	return l.deadline
+}
+
+// TTL returns the TTL the server applies to the lease, known after the
+// first operation (0 before).
+func (l *Lease) TTL() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ttl
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Done returns a channel closed when the current holding ends, by loss
+// or release, at the latest at the safety deadline. It is closed already
+// when the lease is not held. Unlike the callbacks it is signalled
+// without delay, so work done under the lease can select on it.
+func (l *Lease) Done() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.held {
+		return closedChan
+	}
+	return l.done
+}
+
+// Acquire tries once to acquire the lease and reports whether it holds
+// it. It returns (false, nil) when another holder has the key. Transient
+// errors are retried briefly; a write whose answer was lost is resolved
+// by reading the key back. Acquire on a held lease renews it.
+//
+// Acquire is one round trip when the key is vacant at a known revision
+// (after a Release by this Lease, or once a LeaseManager has seen the
+// key's delete or expiry marker); otherwise it reads the key first.
+func (l *Lease) Acquire(ctx context.Context) (bool, error) {
+	if l.cfgErr != nil {
+		return false, l.cfgErr
+	}
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	if err := l.prepare(ctx); err != nil {
+		return false, err
+	}
+	if l.IsHeld() {
+		return l.renewLocked(ctx)
+	}
+	return l.acquireLocked(ctx)
+}
+
+// prepare learns, once, what TTL the bucket can enforce.
+func (l *Lease) prepare(ctx context.Context) error {
+	l.mu.Lock()
+	ready, ttlErr := l.ready, l.ttlErr
+	l.mu.Unlock()
+	if ttlErr != nil {
+		return ttlErr
+	}
+	if ready {
+		return nil
+	}
+	policy, err := readBucketPolicy(ctx, l.ops.kv)
+	if err != nil {
+		return err
+	}
+	sent, ttl, err := policy.leaseTTL(l.ops.kv.Bucket(), l.cfg.TTL)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.ttlErr = err
+		return err
+	}
+	if !policy.msgTTL {
+		l.logger.Info("natskvlease: bucket has no usable per-message TTLs; the lease lives for the bucket's MaxAge", "ttl", ttl)
+	}
+	l.sentTTL, l.ttl, l.ready = sent, ttl, true
+	return nil
+}
+
+// safetyDeadline is when a write sent at sentAt stops counting: the TTL
+// less a margin of a tenth for clock-rate drift and scheduling.
+func (l *Lease) safetyDeadline(sentAt time.Time) time.Time {
+	return sentAt.Add(l.ttl - l.ttl/10)
+}
+
+// attemptTimeout bounds one request, so that a request lost on a dead
+// connection is retried (or given up) well within a TTL.
+func (l *Lease) attemptTimeout() time.Duration {
+	return min(max(l.ttl/4, 250*time.Millisecond), 2*time.Second)
+}
+
+func (l *Lease) isOwner(value []byte) bool {
+	if l.cfg.IsOwner != nil {
+		return l.cfg.IsOwner(value)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Equal(value, l.value)
+}
+
+func (l *Lease) currentValue() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.value
+}
+
+func (l *Lease) acquireLocked(ctx context.Context) (bool, error) {
+	b := newBackoff(l.retry)
+	snap, known := l.lastSeen()
+	var lastErr error
+	for attempt := uint(1); attempt <= 2*l.retry.MaxRetries; attempt++ {
+		if !known {
+			s, err := l.read(ctx)
+			if err != nil {
+				if !IsTransient(err) || !l.pause(ctx, b) {
+					return false, l.giveUp(ctx, err)
+				}
+				lastErr = err
+				continue
+			}
+			snap, known = s, true
+		}
+		if !snap.vacant && !l.isOwner(snap.value) {
+			l.observe(snap)
+			return false, nil
+		}
+		// Vacant, or ours (a holding of ours from before, or an earlier
+		// attempt of this call whose answer was lost): a write on the
+		// revision seen makes a new holding, or fails if anyone got there
+		// first.
+		sentAt := time.Now()
+		rev, err := l.writeAttempt(ctx, snap.rev, snap.vacant && !snap.revKnown)
+		if err == nil {
+			l.becomeHolder(rev, sentAt)
+			return true, nil
+		}
+		known = false
+		lastErr = err
+		switch {
+		case isRevisionMismatch(err):
+			// Someone wrote first, or a false conflict: the read decides.
+		case IsTransient(err):
+			if !l.pause(ctx, b) {
+				return false, l.giveUp(ctx, err)
+			}
+		default:
+			return false, err
+		}
+	}
+	return false, fmt.Errorf("natskvlease: acquire %q gave up: %w", l.cfg.Key, lastErr)
+}
+
+func (l *Lease) giveUp(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return errors.Join(ctx.Err(), err)
+	}
+	return err
+}
+
+// pause waits for the next backoff interval; false means stop trying.
+func (l *Lease) pause(ctx context.Context, b *backoff.ExponentialBackOff) bool {
+	d := b.NextBackOff()
+	return d != backoff.Stop && sleepCtx(ctx, d)
+}
+
+func (l *Lease) read(ctx context.Context) (snapshot, error) {
+	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
+	defer cancel()
+	return l.ops.latest(actx, l.cfg.Key)
+}
+
+func (l *Lease) writeAttempt(ctx context.Context, expected uint64, anyVacant bool) (uint64, error) {
+	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
+	defer cancel()
+	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, anyVacant)
+}
+
+// Renew extends the lease with one revision-checked write on the
+// revision it holds. It returns true when renewed. It returns false when
+// the lease is no longer held: with a nil error when the key was found
+// taken, deleted or expired, with an error wrapping ErrLeaseNotHeld when
+// it was not held to begin with or the safety deadline passed before the
+// server could be reached. A write whose answer was lost is resolved by
+// reading the key back; a false conflict (a replicated stream answering
+// "wrong last sequence" while the revision is unchanged) is retried.
+// Renew never runs past the safety deadline. If ctx ends first, Renew
+// returns ctx's error and the holding lasts until its deadline.
+func (l *Lease) Renew(ctx context.Context) (bool, error) {
+	if l.cfgErr != nil {
+		return false, l.cfgErr
+	}
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	return l.renewLocked(ctx)
+}
+
+func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
+	gen, rev, deadline, ok := l.holding()
+	if !ok {
+		return false, ErrLeaseNotHeld
+	}
+	opCtx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	b := newBackoff(RetryConfig{MaxElapsedTime: time.Until(deadline)}.withDefaults())
+	var firstSent time.Time
+	var lastErr error
+	for {
+		sentAt := time.Now()
+		if firstSent.IsZero() {
+			firstSent = sentAt
+		}
+		newRev, err := l.writeAttempt(opCtx, rev, false)
+		if err == nil {
+			l.extend(gen, newRev, sentAt)
+			return true, nil
+		}
+		lastErr = err
+		if !isRevisionMismatch(err) && !IsTransient(err) {
+			l.lose(gen, err)
+			return false, fmt.Errorf("%w: renewal refused: %w", ErrLeaseNotHeld, err)
+		}
+		snap, rerr := l.read(opCtx)
+		switch {
+		case rerr != nil:
+			lastErr = rerr
+		case snap.rev > rev && !snap.vacant && l.isOwner(snap.value):
+			// An earlier attempt was applied and its answer lost. It was
+			// sent no earlier than firstSent.
+			l.extend(gen, snap.rev, firstSent)
+			return true, nil
+		case snap.vacant || snap.rev > rev:
+			l.observe(snap)
+			l.lose(gen, nil)
+			return false, nil
+		}
+		// Unchanged (a false conflict, or a write that never arrived),
+		// or unknown: try again while the deadline allows.
+		if !l.pause(opCtx, b) {
+			break
+		}
+	}
+	if ctx.Err() != nil && time.Now().Before(deadline) {
+		return false, errors.Join(ctx.Err(), lastErr)
+	}
+	l.lose(gen, lastErr)
+	return false, fmt.Errorf("%w: safety deadline passed while renewing: %w", ErrLeaseNotHeld, lastErr)
+}
+
+// Release gives the lease up with one revision-checked delete, so that a
+// waiter can acquire it at once. IsHeld is false before the delete is
+// sent. A renewal loop started by RunCamping is stopped first. Release
+// returns ErrLeaseNotHeld if the lease was not held; even then, if a
+// revision of ours may still be on the server (the holding lapsed at its
+// deadline), it is deleted to hasten the handoff.
+func (l *Lease) Release(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	l.stopLoop()
+	return l.release(ctx)
+}
+
+func (l *Lease) release(ctx context.Context) error {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	rev, wasHeld := l.endForRelease()
+	if rev == 0 {
+		return ErrLeaseNotHeld
+	}
+	err := l.deleteRevision(ctx, rev)
+	switch {
+	case !wasHeld:
+		return ErrLeaseNotHeld
+	case err != nil:
+		// The holding has ended locally; the key expires on its own.
+		return fmt.Errorf("natskvlease: release of %q not confirmed (the key expires after its TTL): %w", l.cfg.Key, err)
+	}
+	return nil
+}
+
+func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
+	b := newBackoff(l.retry)
+	for {
+		actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
+		markerRev, err := l.ops.remove(actx, l.cfg.Key, rev)
+		cancel()
+		if err == nil {
+			l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
+			return nil
+		}
+		if !isRevisionMismatch(err) && !IsTransient(err) {
+			return err
+		}
+		snap, rerr := l.read(ctx)
+		if rerr == nil && (snap.vacant || snap.rev != rev) {
+			l.observe(snap)
+			return nil // deleted by an earlier attempt, expired, or taken
+		}
+		if !l.pause(ctx, b) {
+			return l.giveUp(ctx, err)
+		}
+	}
+}
+
+// holding returns the current holding, ending it first if its deadline
+// has passed.
+func (l *Lease) holding() (gen, rev uint64, deadline time.Time, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held && !time.Now().Before(l.deadline) {
+		l.endLocked(false, nil)
+	}
+	return l.gen, l.rev, l.deadline, l.held
+}
+
+func (l *Lease) becomeHolder(rev uint64, sentAt time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.gen++
+	l.held, l.token, l.rev = true, rev, rev
+	l.deadline = l.safetyDeadline(sentAt)
+	l.done = make(chan struct{})
+	l.seenOK = false
+	l.armWatchdog()
+	l.logger.Debug("natskvlease: acquired", "token", rev)
+	l.callbacks.post(l.cfg.Callbacks.OnAcquired)
+}
+
+func (l *Lease) extend(gen, rev uint64, sentAt time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.held || gen != l.gen {
+		return
+	}
+	l.rev = rev
+	if d := l.safetyDeadline(sentAt); d.After(l.deadline) {
+		l.deadline = d
+	}
+	l.armWatchdog()
+	l.callbacks.post(l.cfg.Callbacks.OnRenewed)
+}
+
+func (l *Lease) lose(gen uint64, cause error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held && gen == l.gen {
+		l.endLocked(false, cause)
+	}
+}
+
+// endForRelease ends the holding as released and returns the revision
+// to delete (0: nothing of ours may be on the server).
+func (l *Lease) endForRelease() (rev uint64, wasHeld bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held && !time.Now().Before(l.deadline) {
+		l.endLocked(false, nil)
+	}
+	wasHeld = l.held
+	if wasHeld {
+		l.endLocked(true, nil)
+	}
+	rev, l.rev = l.rev, 0
+	return rev, wasHeld
+}
+
+// endLocked ends the current holding; the one place where a holding ends,
+// so OnLost or OnReleased is posted exactly once for it.
+func (l *Lease) endLocked(released bool, cause error) {
+	l.held = false
+	l.token = 0
+	close(l.done)
+	if l.watchdog != nil {
+		l.watchdog.Stop()
+	}
+	if released {
+		l.logger.Debug("natskvlease: released")
+		l.callbacks.post(l.cfg.Callbacks.OnReleased)
+		return
+	}
+	if cause != nil {
+		l.logger.Warn("natskvlease: lease lost", "error", cause)
+	} else {
+		l.logger.Info("natskvlease: lease lost")
+	}
+	if l.seenOK && l.seen.rev > l.rev {
+		l.rev = 0 // taken or deleted: nothing of ours left to delete
+	}
+	l.callbacks.post(l.cfg.Callbacks.OnLost)
+}
+
+// armWatchdog makes the holding end at its deadline even while a renewal
+// is blocked in a request, so OnLost and Done never come late.
+func (l *Lease) armWatchdog() {
+	d := time.Until(l.deadline)
+	if l.watchdog == nil {
+		l.watchdog = time.AfterFunc(d, l.expire)
+		return
+	}
+	l.watchdog.Reset(d)
+}
+
+func (l *Lease) expire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.held {
+		return
+	}
+	if d := time.Until(l.deadline); d > 0 {
+		l.watchdog.Reset(d) // extended since this firing was scheduled
+		return
+	}
+	l.endLocked(false, errors.New("safety deadline passed"))
+}
+
+// observe records the key's state as seen by a read or a watch, if it is
+// newer than what was known.
+func (l *Lease) observe(s snapshot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !s.revKnown {
+		l.seenOK = false
+		return
+	}
+	if !l.seenOK || s.rev >= l.seen.rev {
+		l.seen, l.seenOK = s, true
+	}
+}
+
+func (l *Lease) lastSeen() (snapshot, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seen, l.seenOK
+}
+
+// campaign is a running renewal loop.
+type campaign struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// RunCamping acquires the lease once and, if that succeeds, renews it in
+// the background every TTL*RenewRatio until ctx ends, StopCamping or
+// Release is called (each of which releases it), or it is lost (OnLost).
+// It reports whether the lease was acquired. A RunCamping call while an
+// earlier loop runs stops that loop (without releasing) and renews under
+// the new ctx instead.
+func (l *Lease) RunCamping(ctx context.Context) (bool, error) {
+	if l.cfgErr != nil {
+		return false, l.cfgErr
+	}
+	l.stopLoop()
+	ok, err := l.Acquire(ctx)
+	if !ok {
+		return false, err
+	}
+	loopCtx, cancel := context.WithCancel(ctx)
+	c := &campaign{cancel: cancel, done: make(chan struct{})}
+	l.mu.Lock()
+	old := l.camp
+	l.camp = c
+	l.mu.Unlock()
+	if old != nil { // a concurrent RunCamping started one meanwhile
+		old.cancel()
+		<-old.done
+	}
+	go l.renewLoop(ctx, loopCtx, c)
+	return true, nil
+}
+
+func (l *Lease) renewLoop(parent, ctx context.Context, c *campaign) {
+	defer close(c.done)
+	interval := time.Duration(float64(l.TTL()) * l.cfg.RenewRatio)
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if parent.Err() != nil { // the caller's context ended: release
+				l.releaseAfterCancel()
+			}
+			return
+		case <-l.Done():
+			return // lost; OnLost has been posted
+		case <-t.C:
+			if ok, err := l.Renew(ctx); !ok && ctx.Err() == nil {
+				l.logger.Debug("natskvlease: renewal loop ends", "error", err)
+				return
+			}
+			t.Reset(interval)
+		}
+	}
+}
+
+func (l *Lease) releaseAfterCancel() {
+	ctx, cancel := context.WithTimeout(context.Background(), l.releaseTimeout())
+	defer cancel()
+	if err := l.release(ctx); err != nil && !errors.Is(err, ErrLeaseNotHeld) {
+		l.logger.Warn("natskvlease: release on context end", "error", err)
+	}
+}
+
+func (l *Lease) releaseTimeout() time.Duration {
+	if ttl := l.TTL(); ttl > 0 {
+		return ttl
+	}
+	return DefaultBucketTTL
+}
+
+// StopCamping stops the renewal loop started by RunCamping and releases
+// the lease, waiting at most one TTL for the server's answer.
+func (l *Lease) StopCamping() {
+	if l.cfgErr != nil {
+		return
+	}
+	l.stopLoop()
+	l.releaseAfterCancel()
+}
+
+// stopLoop stops the renewal loop, if any, and waits for it to end.
+func (l *Lease) stopLoop() {
+	l.mu.Lock()
+	c := l.camp
+	l.camp = nil
+	l.mu.Unlock()
+	if c != nil {
+		c.cancel()
+		<-c.done
+	}
+}
+
+// dispatcher runs callbacks one at a time, in the order posted, on a
+// goroutine that exists only while there are callbacks to run.
+type dispatcher struct {
+	logger  *slog.Logger
+	mu      sync.Mutex
+	queue   []func()
+	running bool
+}
+
+func (d *dispatcher) post(f func()) {
+	if f == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.queue = append(d.queue, f)
+	if !d.running {
+		d.running = true
+		go d.run()
+	}
+}
+
+func (d *dispatcher) run() {
+	for {
+		d.mu.Lock()
+		if len(d.queue) == 0 {
+			d.running = false
+			d.mu.Unlock()
+			return
+		}
+		f := d.queue[0]
+		d.queue = d.queue[1:]
+		d.mu.Unlock()
+		d.call(f)
+	}
+}
+
+func (d *dispatcher) call(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.logger.Error("natskvlease: callback panicked", "panic", r)
+		}
+	}()
+	f()
+}

@@ -1,0 +1,244 @@
+package natskvlease
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrAlreadyStarted is returned by LeaseManager.Start on a running
+// manager.
+var ErrAlreadyStarted = errors.New("natskvlease: already started")
+
+// LeaseManager campaigns for a lease continuously: it acquires the lease
+// whenever it is free, renews it while held, and tries again after a
+// loss, until stopped.
+//
+// It watches the key, so a delete, purge or expiry marker written by the
+// server or by another holder's Release starts an acquisition at once,
+// with one write on the marker's revision: a graceful handoff takes
+// milliseconds, not a poll interval. It also polls, with jitter, every
+// half TTL while waiting, because a watch can stall silently after a
+// server restart.
+//
+// Callbacks in the LeaseConfig run as described for LeaseCallbacks.
+type LeaseManager struct {
+	lease *Lease
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// NewLeaseManager returns a manager for the lease cfg describes in kv.
+// An invalid configuration is reported by Start.
+func NewLeaseManager(kv jetstream.KeyValue, cfg LeaseConfig) *LeaseManager {
+	return &LeaseManager{lease: NewLease(kv, cfg)}
+}
+
+// Start begins campaigning in a new goroutine and returns at once. The
+// campaign ends, releasing the lease, when ctx ends or Stop is called.
+// Start reports a configuration error, or a TTL the bucket cannot honour,
+// before campaigning; server outages are not errors here, the campaign
+// retries until it reaches the server. Start after Stop returns
+// ErrProviderStopped; a second Start returns ErrAlreadyStarted.
+func (m *LeaseManager) Start(ctx context.Context) error {
+	l := m.lease
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	m.mu.Lock()
+	stopped, started := m.stopped, m.started
+	m.mu.Unlock()
+	if stopped {
+		return ErrProviderStopped
+	}
+	if started {
+		return ErrAlreadyStarted
+	}
+	if err := m.checkTTL(ctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.stopped:
+		return ErrProviderStopped
+	case m.started:
+		return ErrAlreadyStarted
+	}
+	loopCtx, cancel := context.WithCancel(ctx)
+	m.started, m.cancel, m.done = true, cancel, make(chan struct{})
+	go m.run(loopCtx)
+	return nil
+}
+
+// checkTTL learns the bucket's TTL policy now, so that a TTL it cannot
+// honour is an error from Start rather than a campaign that never wins.
+func (m *LeaseManager) checkTTL(ctx context.Context) error {
+	l := m.lease
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	err := l.prepare(ctx)
+	if err != nil && (errors.Is(err, ErrTTLNotSupported) || errors.Is(err, ErrInvalidConfig)) {
+		return err
+	}
+	if err != nil {
+		l.logger.Warn("natskvlease: bucket not reachable yet; campaigning anyway", "error", err)
+	}
+	return nil
+}
+
+// Stop ends the campaign, releases the lease if held, and waits for the
+// campaign goroutine to end or ctx to end, whichever comes first. A second
+// Stop returns ErrProviderStopped.
+func (m *LeaseManager) Stop(ctx context.Context) error {
+	m.mu.Lock()
+	if m.stopped {
+		m.mu.Unlock()
+		return ErrProviderStopped
+	}
+	m.stopped = true
+	cancel, done := m.cancel, m.done
+	m.mu.Unlock()
+	if cancel == nil {
+		return nil // never started
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// IsHeld reports whether the lease is held now (see Lease.IsHeld).
+func (m *LeaseManager) IsHeld() bool { return m.lease.IsHeld() }
+
+// Token returns the fencing token of the current holding, 0 if not held.
+func (m *LeaseManager) Token() uint64 { return m.lease.Token() }
+
+// Deadline returns the safety deadline of the current holding, zero if
+// not held.
+func (m *LeaseManager) Deadline() time.Time { return m.lease.Deadline() }
+
+// Done returns a channel closed when the current holding ends (closed
+// already when not held).
+func (m *LeaseManager) Done() <-chan struct{} { return m.lease.Done() }
+
+// run is the campaign: one goroutine that owns every operation on the
+// lease, driven by the key's watch and a timer.
+func (m *LeaseManager) run(ctx context.Context) {
+	defer close(m.done)
+	l := m.lease
+	defer l.releaseAfterCancel()
+	var watcher jetstream.KeyWatcher
+	defer func() {
+		if watcher != nil {
+			_ = watcher.Stop()
+		}
+	}()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		var updates <-chan jetstream.KeyValueEntry
+		if watcher != nil {
+			updates = watcher.Updates()
+		}
+		var lost <-chan struct{}
+		if l.IsHeld() {
+			lost = l.Done()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-updates:
+			if !ok {
+				watcher = nil // re-created at the next tick
+				continue
+			}
+			if e != nil && m.onEntry(ctx, e) {
+				timer.Reset(m.nextTick())
+			}
+		case <-lost:
+			timer.Reset(0)
+		case <-timer.C:
+			if watcher == nil {
+				watcher = m.watch(ctx)
+			}
+			m.tick(ctx)
+			timer.Reset(m.nextTick())
+		}
+	}
+}
+
+func (m *LeaseManager) watch(ctx context.Context) jetstream.KeyWatcher {
+	l := m.lease
+	w, err := l.ops.kv.Watch(ctx, l.cfg.Key)
+	if err != nil {
+		l.logger.Debug("natskvlease: watch failed; polling until it works", "error", err)
+		return nil
+	}
+	return w
+}
+
+// tick renews a held lease, or tries to acquire a free one.
+func (m *LeaseManager) tick(ctx context.Context) {
+	l := m.lease
+	if l.IsHeld() {
+		if _, err := l.Renew(ctx); err != nil && ctx.Err() == nil {
+			l.logger.Debug("natskvlease: renew", "error", err)
+		}
+		return
+	}
+	if _, err := l.Acquire(ctx); err != nil && ctx.Err() == nil {
+		l.logger.Debug("natskvlease: acquire", "error", err)
+	}
+}
+
+// onEntry reacts to a watched change of the key and reports whether it
+// acted. A marker while waiting means the key is free: acquire now. A
+// revision not ours while holding means we may have lost it: renew now,
+// which confirms or refutes that with one write.
+func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) bool {
+	l := m.lease
+	s := snapshotOf(e)
+	l.observe(s)
+	ours := !s.vacant && l.isOwner(s.value)
+	l.mu.Lock()
+	held, rev := l.held && time.Now().Before(l.deadline), l.rev
+	l.mu.Unlock()
+	acted := false
+	if held && s.rev > rev && !ours {
+		m.tick(ctx)
+		acted = true
+	}
+	if s.vacant && !l.IsHeld() {
+		m.tick(ctx)
+		acted = true
+	}
+	return acted
+}
+
+// nextTick is the time to the next renewal while held, or to the next
+// poll while waiting: half a TTL with ±20% jitter, so that waiters do not
+// poll in step.
+func (m *LeaseManager) nextTick() time.Duration {
+	l := m.lease
+	ttl := l.TTL()
+	if ttl == 0 {
+		ttl = DefaultBucketTTL
+	}
+	if l.IsHeld() {
+		return time.Duration(float64(ttl) * l.cfg.RenewRatio)
+	}
+	half := ttl / 2
+	return half - half/5 + rand.N(2*half/5+1)
+}
