@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -764,4 +765,65 @@ func (d *dispatcher) call(f func()) {
 		}
 	}()
 	f()
+}
+
+// AcquireWait blocks until the lease is acquired or ctx ends. It watches
+// the key, so a release or expiry by the current holder wakes it at once
+// and the acquisition is one write on the marker's revision; it also
+// polls every half TTL (with jitter) in case the watch stalls. It returns
+// nil once the lease is held, ctx's error if ctx ends first, and at once
+// any error that retrying cannot cure (an invalid configuration, a TTL
+// the bucket cannot honour).
+func (l *Lease) AcquireWait(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	var updates <-chan jetstream.KeyValueEntry
+	if w, err := l.ops.kv.Watch(ctx, l.cfg.Key); err == nil {
+		defer func() { _ = w.Stop() }()
+		updates = w.Updates()
+	} else {
+		l.logger.Debug("natskvlease: watch failed; polling", "error", err)
+	}
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-updates:
+			if !ok {
+				updates = nil
+				continue
+			}
+			if e == nil || e.Operation() == jetstream.KeyValuePut {
+				if e != nil {
+					l.observe(snapshotOf(e))
+				}
+				continue
+			}
+			l.observe(snapshotOf(e))
+		case <-poll.C:
+		}
+		ok, err := l.Acquire(ctx)
+		switch {
+		case ok:
+			return nil
+		case errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrTTLNotSupported):
+			return err
+		case err != nil:
+			l.logger.Debug("natskvlease: acquire", "error", err)
+		}
+		poll.Reset(pollInterval(l.TTL()))
+	}
+}
+
+// pollInterval is half a TTL with ±20% jitter, so that waiters do not
+// poll in step.
+func pollInterval(ttl time.Duration) time.Duration {
+	if ttl == 0 {
+		ttl = DefaultBucketTTL
+	}
+	half := ttl / 2
+	return half - half/5 + rand.N(2*half/5+1)
 }

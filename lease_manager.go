@@ -3,7 +3,6 @@ package natskvlease
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -233,12 +232,8 @@ func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) b
 func (m *LeaseManager) nextTick() time.Duration {
 	l := m.lease
 	ttl := l.TTL()
-	if ttl == 0 {
-		ttl = DefaultBucketTTL
-	}
 	if l.IsHeld() {
 		return time.Duration(float64(ttl) * l.cfg.RenewRatio)
 	}
-	half := ttl / 2
-	return half - half/5 + rand.N(2*half/5+1)
+	return pollInterval(ttl)
 }

@@ -1,0 +1,67 @@
+package natskvlease
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/natskvlease/natskvlease/internal/natstest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var bucketSeq atomic.Int64
+
+// testBucket creates a fresh lease bucket (memory, MaxAge ttl, markers on)
+// on srv through a new connection, and returns it bound to its JetStream.
+func testBucket(t *testing.T, srv *natstest.Server, ttl time.Duration) (jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	_, js := srv.JetStream()
+	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(testContext(t), BucketConfig{
+		Bucket: fmt.Sprintf("leases_%d", bucketSeq.Add(1)),
+		TTL:    ttl,
+	})
+	if err != nil {
+		t.Fatalf("GetOrCreateBucket: %v", err)
+	}
+	return js, kv
+}
+
+// openBucket opens the same bucket on a new connection, as another
+// process would.
+func openBucket(t *testing.T, srv *natstest.Server, bucket string) jetstream.KeyValue {
+	t.Helper()
+	_, js := srv.JetStream()
+	kv, err := js.KeyValue(testContext(t), bucket)
+	if err != nil {
+		t.Fatalf("open bucket %s: %v", bucket, err)
+	}
+	return BindJetStream(kv, js)
+}
+
+// testContext ends with the test, or after a minute as a backstop.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond every few milliseconds until it holds or the
+// timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
