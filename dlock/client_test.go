@@ -1,0 +1,167 @@
+package dlock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/dlock"
+	"github.com/natskvlease/natskvlease/internal/natstest"
+)
+
+func TestCloseReleasesLocks(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	a, _ := e.client()
+	b, _ := e.client()
+	l1 := mustLock(t, a, "k1")
+	l2 := mustLock(t, a, "k2")
+	if _, err := b.TryLock(testContext(t), "k1"); !errors.Is(err, dlock.ErrLocked) {
+		t.Fatalf("TryLock on a held key: %v", err)
+	}
+	if err := a.Close(testContext(t)); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, l := range []*dlock.Lock{l1, l2} {
+		if l.Context().Err() == nil || isClosed(l.Lost()) {
+			t.Fatalf("after Close: Context err %v, Lost closed %v", l.Context().Err(), isClosed(l.Lost()))
+		}
+		bl, err := b.TryLock(testContext(t), l.Key())
+		if err != nil {
+			t.Fatalf("TryLock %s after Close: %v", l.Key(), err)
+		}
+		_ = bl.Unlock(testContext(t))
+		if err := l.Unlock(testContext(t)); err != nil {
+			t.Fatalf("Unlock after Close: %v", err)
+		}
+	}
+	ctx := testContext(t)
+	calls := map[string]error{}
+	_, calls["Lock"] = a.Lock(ctx, "k3")
+	_, calls["TryLock"] = a.TryLock(ctx, "k3")
+	_, calls["Holder"] = a.Holder(ctx, "k3")
+	calls["Do"] = a.Do(ctx, "k3", func(context.Context, uint64) error { return nil })
+	for name, err := range calls {
+		if !errors.Is(err, natskvlease.ErrProviderClosed) {
+			t.Errorf("%s after Close: %v, want ErrProviderClosed", name, err)
+		}
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestCloseAbortsWaiters(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	a, _ := e.client()
+	b, _ := e.client()
+	l := mustLock(t, b, "w")
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Lock(testContext(t), "w")
+		errc <- err
+	}()
+	eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	if err := a.Close(testContext(t)); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, natskvlease.ErrProviderClosed) {
+			t.Fatalf("waiting Lock after Close: %v, want ErrProviderClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiting Lock not aborted by Close")
+	}
+	if err := l.Unlock(testContext(t)); err != nil {
+		t.Fatalf("Unlock: %v", err)
+	}
+}
+
+func TestBadInputs(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	c, _ := e.client()
+	_, js := e.srv.JetStream()
+	ctx := testContext(t)
+	newWith := func(js jetstream.JetStream, opts ...dlock.Option) error {
+		c, err := dlock.New(ctx, js, opts...)
+		if err == nil {
+			_ = c.Close(ctx)
+		}
+		return err
+	}
+	cases := map[string]error{
+		"New nil js":        newWith(nil),
+		"New TTL 500ms":     newWith(js, dlock.WithTTL(500*time.Millisecond)),
+		"New TTL 0":         newWith(js, dlock.WithTTL(0)),
+		"New bad bucket":    newWith(js, dlock.WithBucket("no spaces")),
+		"New empty bucket":  newWith(js, dlock.WithBucket("")),
+		"New 7 replicas":    newWith(js, dlock.WithReplicas(7)),
+		"New bad storage":   newWith(js, dlock.WithStorage(jetstream.StorageType(9))),
+		"Do nil fn":         c.Do(ctx, "k", nil),
+		"Lock empty key":    second(c.Lock(ctx, "")),
+		"Lock key a..b":     second(c.Lock(ctx, "a..b")),
+		"Lock key with *":   second(c.Lock(ctx, "a.*")),
+		"TryLock empty key": second(c.TryLock(ctx, "")),
+		"TryLock key .a":    second(c.TryLock(ctx, ".a")),
+		"Holder empty key":  second(c.Holder(ctx, "")),
+		"Holder key a b":    second(c.Holder(ctx, "a b")),
+		"Do empty key":      c.Do(ctx, "", func(context.Context, uint64) error { return nil }),
+	}
+	for name, err := range cases {
+		if !errors.Is(err, natskvlease.ErrInvalidConfig) {
+			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
+
+func TestNewChecksServer(t *testing.T) {
+	srv := natstest.Start(t, natstest.WithoutJetStream())
+	_, js := srv.JetStream()
+	ctx, cancel := context.WithTimeout(testContext(t), 10*time.Second)
+	defer cancel()
+	if _, err := dlock.New(ctx, js); err == nil {
+		t.Fatal("New against a server without JetStream succeeded")
+	} else {
+		t.Logf("without JetStream: %v", err)
+	}
+}
+
+func TestNewBucketMismatch(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	e.client() // creates the bucket with a 2s TTL
+	_, js := e.srv.JetStream()
+	_, err := dlock.New(testContext(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(3*time.Second))
+	if !errors.Is(err, natskvlease.ErrBucketMismatch) {
+		t.Fatalf("New with another TTL: %v, want ErrBucketMismatch", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.JetStream()
+	ctx := testContext(t)
+	c, err := dlock.New(ctx, js)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer c.Close(ctx)
+	if c.TTL() != dlock.DefaultTTL {
+		t.Fatalf("TTL %v", c.TTL())
+	}
+	kv, err := js.KeyValue(ctx, dlock.DefaultBucket)
+	if err != nil {
+		t.Fatalf("default bucket: %v", err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil || st.TTL() != dlock.DefaultTTL {
+		t.Fatalf("bucket status %v, %v", st, err)
+	}
+}

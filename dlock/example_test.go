@@ -1,0 +1,132 @@
+package dlock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease/dlock"
+)
+
+func ExampleClient_Lock() {
+	js, stop := exampleJetStream()
+	defer stop()
+	ctx := context.Background()
+
+	locks, err := dlock.New(ctx, js, dlock.WithTTL(5*time.Second))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer locks.Close(ctx)
+
+	lock, err := locks.Lock(ctx, "reports.daily")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	// Work under lock.Context(): it ends if the lock is lost. Hand the
+	// fencing token to the resource so that it can refuse stale holders.
+	fmt.Println("holding", lock.Key(), "with a token:", lock.Token() > 0)
+	if err := lock.Unlock(ctx); err != nil {
+		fmt.Println(err)
+	}
+	fmt.Println("context ended on unlock:", lock.Context().Err() != nil)
+	// Output:
+	// holding reports.daily with a token: true
+	// context ended on unlock: true
+}
+
+func ExampleClient_Do() {
+	js, stop := exampleJetStream()
+	defer stop()
+	ctx := context.Background()
+
+	locks, err := dlock.New(ctx, js, dlock.WithTTL(5*time.Second))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer locks.Close(ctx)
+
+	err = locks.Do(ctx, "migrations", func(ctx context.Context, token uint64) error {
+		// ctx ends if the lock is lost; the token fences writes.
+		fmt.Println("migrating under the lock")
+		return nil
+	})
+	fmt.Println("done:", err)
+	// Output:
+	// migrating under the lock
+	// done: <nil>
+}
+
+func ExampleClient_TryLock() {
+	js, stop := exampleJetStream()
+	defer stop()
+	ctx := context.Background()
+
+	locks, err := dlock.New(ctx, js, dlock.WithTTL(5*time.Second))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer locks.Close(ctx)
+
+	first, err := locks.TryLock(ctx, "cron.cleanup")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer first.Unlock(ctx)
+
+	_, err = locks.TryLock(ctx, "cron.cleanup")
+	var locked *dlock.LockedError
+	if errors.As(err, &locked) {
+		fmt.Println("busy; held by the first lock:", locked.Holder.Owner == first.Owner())
+		fmt.Println("same process:", locked.Holder.PID == os.Getpid())
+	}
+	// Output:
+	// busy; held by the first lock: true
+	// same process: true
+}
+
+// exampleJetStream starts a throwaway nats-server with JetStream on a
+// random port and connects to it; stop closes both. In real code js comes
+// from jetstream.New on your own connection.
+func exampleJetStream() (js jetstream.JetStream, stop func()) {
+	dir, err := os.MkdirTemp("", "dlock-example-")
+	if err != nil {
+		panic(err)
+	}
+	srv, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: dir, NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		panic(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("nats-server not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	js, err = jetstream.New(nc)
+	if err != nil {
+		panic(err)
+	}
+	return js, func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}
+}

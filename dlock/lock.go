@@ -1,0 +1,272 @@
+package dlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/natskvlease/natskvlease"
+)
+
+// Lock is one holding of a key, renewed in the background until Unlock
+// or until it is lost. Its methods are safe for concurrent use.
+type Lock struct {
+	client *Client
+	lease  *natskvlease.Lease
+	key    string
+	owner  string
+	token  uint64
+	logger *slog.Logger
+
+	ctx      context.Context // ends when the holding ends
+	cancel   context.CancelCauseFunc
+	lost     chan struct{}
+	lostOnce sync.Once
+
+	stopped  chan struct{}  // closed by Unlock: the goroutines end
+	loops    sync.WaitGroup // the watch and renewal goroutines
+	renewCtx context.Context
+	// cancelRenew aborts a renewal in flight. Unlock lets one finish
+	// unless its own ctx ends first: an abandoned renewal may still be
+	// applied, leaving a revision the release would not know of.
+	cancelRenew context.CancelFunc
+
+	mu       sync.Mutex // serializes Unlock
+	unlocked bool
+}
+
+// errLostAtOnce: the holding ended between acquisition and its handover
+// to a Lock (a deadline passed in between). Lock simply waits again.
+var errLostAtOnce = errors.New("lock lost at once after acquiring")
+
+// Lock blocks until it holds key or ctx ends, and returns the held lock,
+// renewed in the background until Unlock. Waiting is driven by a watch on
+// the key, so a release is picked up within milliseconds and an expiry as
+// soon as the server writes its marker; it also polls every half TTL in
+// case the watch stalls. When ctx ends first, the error wraps ctx's
+// error; an invalid key gives one wrapping natskvlease.ErrInvalidConfig;
+// a closed client one wrapping natskvlease.ErrProviderClosed.
+func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
+	ctx, end, err := c.begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dlock: lock %q: %w", key, err)
+	}
+	defer end()
+	for {
+		owner := newOwner()
+		lease := c.newLease(key, owner)
+		if err := lease.AcquireWait(ctx); err != nil {
+			return nil, c.fail("lock", key, err)
+		}
+		l, err := c.hold(lease, key, owner)
+		if !errors.Is(err, errLostAtOnce) {
+			return l, err
+		}
+	}
+}
+
+// TryLock makes one attempt to take key. When another holder has it,
+// the error is a *LockedError wrapping ErrLocked and naming that holder.
+// Other errors are as for Lock.
+func (c *Client) TryLock(ctx context.Context, key string) (*Lock, error) {
+	ctx, end, err := c.begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dlock: trylock %q: %w", key, err)
+	}
+	defer end()
+	owner := newOwner()
+	lease := c.newLease(key, owner)
+	ok, err := lease.Acquire(ctx)
+	switch {
+	case err != nil:
+		return nil, c.fail("trylock", key, err)
+	case !ok:
+		return nil, c.lockedError(ctx, key)
+	}
+	l, err := c.hold(lease, key, owner)
+	if errors.Is(err, errLostAtOnce) {
+		return nil, fmt.Errorf("dlock: trylock %q: %w", key, ErrLockLost)
+	}
+	return l, err
+}
+
+func (c *Client) lockedError(ctx context.Context, key string) error {
+	e := &LockedError{Key: key}
+	if entry, err := c.ops.Get(ctx, key); err == nil {
+		e.Holder, _ = holderOf(entry, c.ttl, time.Now())
+	}
+	return e
+}
+
+func (c *Client) newLease(key, owner string) *natskvlease.Lease {
+	return natskvlease.NewLease(c.kv, natskvlease.LeaseConfig{
+		Key:     key,
+		TTL:     c.ttl,
+		Value:   record{Owner: owner, Hostname: c.hostname, PID: c.pid}.encode(),
+		IsOwner: ownedBy(owner),
+		Logger:  c.logger,
+	})
+}
+
+// hold turns a freshly acquired lease into a registered, renewing Lock.
+func (c *Client) hold(lease *natskvlease.Lease, key, owner string) (*Lock, error) {
+	done := lease.Done() // before Token: a token read after it is of this holding
+	token := lease.Token()
+	if token == 0 {
+		return nil, errLostAtOnce
+	}
+	// Renewals also record the token and the acquisition time, for Holder.
+	lease.UpdateValue(record{Owner: owner, Hostname: c.hostname, PID: c.pid, AcquiredAt: time.Now(), Token: token}.encode())
+	l := newLock(c, lease, key, owner, token)
+	if err := c.register(l); err != nil { // Close began meanwhile
+		l.cancel(err)
+		l.cancelRenew()
+		c.releaseQuietly(lease)
+		return nil, fmt.Errorf("dlock: %q: %w", key, err)
+	}
+	l.logger.Debug("dlock: locked")
+	interval := lease.TTL() / 3
+	if interval <= 0 {
+		interval = c.ttl / 3
+	}
+	l.loops.Add(2)
+	go l.watch(done)
+	go l.renew(done, interval)
+	return l, nil
+}
+
+func (c *Client) releaseQuietly(lease *natskvlease.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
+	defer cancel()
+	if err := lease.Release(ctx); err != nil {
+		c.logger.Warn("dlock: release", "error", err)
+	}
+}
+
+func newLock(c *Client, lease *natskvlease.Lease, key, owner string, token uint64) *Lock {
+	l := &Lock{
+		client:  c,
+		lease:   lease,
+		key:     key,
+		owner:   owner,
+		token:   token,
+		logger:  c.logger.With("key", key, "token", token),
+		lost:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	l.ctx, l.cancel = context.WithCancelCause(context.Background())
+	l.renewCtx, l.cancelRenew = context.WithCancel(context.Background())
+	return l
+}
+
+// Key returns the locked key.
+func (l *Lock) Key() string { return l.key }
+
+// Owner returns the nonce identifying this holding (HolderInfo.Owner).
+func (l *Lock) Owner() string { return l.owner }
+
+// Token returns the fencing token: the key's revision when the lock was
+// acquired, fixed for the life of the lock. Tokens of successive holdings
+// of a key strictly increase. Pass it to the resource the lock protects
+// and have the resource refuse a token smaller than one it has seen: a
+// holder paused past its TTL cannot then do harm.
+func (l *Lock) Token() uint64 { return l.token }
+
+// Context returns a context cancelled the moment the holding ends: when
+// the lock is lost (its cause then wraps ErrLockLost) or when Unlock
+// begins. A lost lock's context is cancelled before the key can expire on
+// the server, hence before anyone else can take it, as long as the
+// clocks of client and server run at nearly the same rate.
+func (l *Lock) Context() context.Context { return l.ctx }
+
+// Lost returns a channel closed when the lock is lost: a renewal failed
+// or could not be made before the safety deadline. It is not closed by
+// Unlock.
+func (l *Lock) Lost() <-chan struct{} { return l.lost }
+
+// Unlock releases the lock with one revision-checked delete, so that it
+// can never remove a later holder's key, and waiters take it at once.
+// Context is cancelled before the delete is sent. If the lock had been
+// lost, Unlock returns an error wrapping ErrLockLost; if the delete could
+// not be confirmed, an error saying so (the key then expires after its
+// TTL). A second call returns nil.
+func (l *Lock) Unlock(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unlocked {
+		return nil
+	}
+	l.unlocked = true
+	defer l.client.forget(l)
+	if !l.lease.IsHeld() {
+		l.markLost()
+	}
+	l.cancel(nil)
+	l.stopRenewing(ctx)
+	err := l.lease.Release(ctx)
+	switch {
+	case errors.Is(err, natskvlease.ErrLeaseNotHeld):
+		l.markLost()
+		return fmt.Errorf("dlock: unlock %q: %w before Unlock", l.key, ErrLockLost)
+	case err != nil:
+		return fmt.Errorf("dlock: unlock %q: %w", l.key, err)
+	}
+	l.logger.Debug("dlock: unlocked")
+	return nil
+}
+
+// watch marks the lock lost the moment the holding ends while no Unlock
+// has begun. The lease ends the holding at its safety deadline even while
+// a renewal hangs, so this is never late; it runs apart from renew so
+// that a hanging request cannot delay it either.
+func (l *Lock) watch(done <-chan struct{}) {
+	defer l.loops.Done()
+	select {
+	case <-done:
+		l.markLost()
+	case <-l.stopped:
+	}
+}
+
+// renew renews the lease every interval until Unlock stops it or the
+// holding ends.
+func (l *Lock) renew(done <-chan struct{}, interval time.Duration) {
+	defer l.loops.Done()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopped:
+			return
+		case <-done:
+			return
+		case <-t.C:
+			if ok, err := l.lease.Renew(l.renewCtx); !ok && l.renewCtx.Err() == nil {
+				l.logger.Debug("dlock: renewal failed", "error", err) // a loss is logged by markLost
+			}
+			t.Reset(interval)
+		}
+	}
+}
+
+// stopRenewing ends the goroutines, letting a renewal in flight finish
+// unless ctx ends first.
+func (l *Lock) stopRenewing(ctx context.Context) {
+	close(l.stopped)
+	stop := context.AfterFunc(ctx, l.cancelRenew)
+	l.loops.Wait()
+	stop()
+	l.cancelRenew()
+}
+
+func (l *Lock) markLost() {
+	l.lostOnce.Do(func() {
+		l.cancel(fmt.Errorf("dlock: %q: %w", l.key, ErrLockLost))
+		close(l.lost)
+		l.client.forget(l) // nothing left for Close to release
+		l.logger.Warn("dlock: lock lost")
+	})
+}

@@ -1,0 +1,81 @@
+package dlock
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease"
+)
+
+const (
+	// DefaultBucket is the bucket used when WithBucket is not given.
+	DefaultBucket = "dlock"
+	// DefaultTTL is the lock TTL used when WithTTL is not given.
+	DefaultTTL = 10 * time.Second
+	// MinTTL is the shortest TTL accepted: the server counts key TTLs
+	// in whole seconds.
+	MinTTL = time.Second
+)
+
+// Option configures a Client.
+type Option func(*config)
+
+type config struct {
+	bucket   string
+	ttl      time.Duration
+	storage  jetstream.StorageType
+	replicas int
+	logger   *slog.Logger
+}
+
+func defaultConfig() config {
+	return config{bucket: DefaultBucket, ttl: DefaultTTL, storage: jetstream.MemoryStorage}
+}
+
+// WithBucket names the KeyValue bucket holding the locks (default
+// DefaultBucket). It is created if missing. Every client sharing locks
+// must use the same bucket and TTL.
+func WithBucket(name string) Option { return func(c *config) { c.bucket = name } }
+
+// WithTTL sets how long a lock survives its holder: a holder that stops
+// renewing (crash, partition) loses the lock and the key expires on the
+// server after ttl. It is also the bucket's MaxAge. At least MinTTL;
+// default DefaultTTL. Locks are renewed every ttl/3.
+func WithTTL(ttl time.Duration) Option { return func(c *config) { c.ttl = ttl } }
+
+// WithStorage chooses the bucket's storage for a new bucket: memory (the
+// default) or file.
+func WithStorage(st jetstream.StorageType) Option { return func(c *config) { c.storage = st } }
+
+// WithFileStorage is WithStorage(jetstream.FileStorage): locks survive a
+// server restart.
+func WithFileStorage() Option { return WithStorage(jetstream.FileStorage) }
+
+// WithReplicas sets the bucket's number of replicas for a new bucket (1
+// to 5; default 1).
+func WithReplicas(n int) Option { return func(c *config) { c.replicas = n } }
+
+// WithLogger sets the logger (default: logs are discarded).
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+func (c config) validate() error {
+	switch {
+	case c.ttl < MinTTL:
+		return &natskvlease.ConfigError{Field: "dlock.WithTTL", Reason: c.ttl.String() + " is below the 1s minimum"}
+	case c.storage != jetstream.MemoryStorage && c.storage != jetstream.FileStorage:
+		return &natskvlease.ConfigError{Field: "dlock.WithStorage", Reason: "unknown storage type " + c.storage.String()}
+	}
+	return nil
+}
+
+func (c config) bucketConfig() natskvlease.BucketConfig {
+	return natskvlease.BucketConfig{
+		Bucket:      c.bucket,
+		TTL:         c.ttl,
+		Storage:     c.storage,
+		FileStorage: c.storage == jetstream.FileStorage,
+		Replicas:    c.replicas,
+	}
+}
