@@ -298,7 +298,10 @@ func (l *Lease) currentValue() []byte {
 
 func (l *Lease) acquireLocked(ctx context.Context) (bool, error) {
 	b := newBackoff(l.retry)
+	// Only a vacancy seen (by a release or the watch) saves the read: a
+	// holder seen earlier may have gone since.
 	snap, known := l.lastSeen()
+	known = known && snap.vacant
 	var lastErr error
 	for attempt := uint(1); attempt <= 2*l.retry.MaxRetries; attempt++ {
 		if !known {
@@ -484,7 +487,12 @@ func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
 			return err
 		}
 		snap, rerr := l.read(ctx)
-		if rerr == nil && (snap.vacant || snap.rev != rev) {
+		switch {
+		case rerr != nil:
+		case !snap.vacant && snap.rev > rev && l.isOwner(snap.value):
+			rev = snap.rev // a renewal whose answer was lost: delete that
+			continue
+		case snap.vacant || snap.rev != rev:
 			l.observe(snap)
 			return nil // deleted by an earlier attempt, expired, or taken
 		}
