@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natskvlease/natskvlease/internal/faultproxy"
 	"github.com/natskvlease/natskvlease/internal/natstest"
 )
 
@@ -704,5 +705,129 @@ func TestLeaseUpdateValue(t *testing.T) {
 	}
 	if e, err := kv.Get(ctx, "job"); err != nil || string(e.Value()) != "v2" {
 		t.Fatalf("stored %v, %v; want v2", e, err)
+	}
+}
+
+// faultyLease returns a lease whose connection runs through a fault
+// proxy, after one round trip so that the connection's reply
+// subscription exists before any fault.
+func faultyLease(t *testing.T, srv *natstest.Server, bucket string, cfg LeaseConfig) (*Lease, *faultproxy.Proxy) {
+	t.Helper()
+	p := faultproxy.New(t, srv.NATS().Addr().String())
+	nc := natstest.Connect(t, p.URL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(testContext(t), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewLease(BindJetStream(kv, js), cfg), p
+}
+
+// TestLeaseLostAnswerIsAdopted: a renewal is applied but its answer is
+// lost. Once answers flow again the renewal is resolved by a read: the
+// lease adopts its own applied revision instead of reporting a conflict,
+// and its deadline counts from the first attempt's send time.
+func TestLeaseLostAnswerIsAdopted(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 3*time.Second)
+	ctx := testContext(t)
+	l, p := faultyLease(t, srv, kv.Bucket(), leaseCfg("job", "a"))
+	tok := mustAcquire(t, l)
+
+	p.BlackholeServerToClient(true)
+	called := time.Now()
+	type result struct {
+		ok  bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { ok, err := l.Renew(ctx); done <- result{ok, err} }()
+	var appliedSeen time.Time
+	eventually(t, 2*time.Second, "the renewal applied on the server", func() bool {
+		e, err := kv.Get(ctx, "job")
+		if err == nil && e.Revision() > tok {
+			appliedSeen = time.Now()
+			return true
+		}
+		return false
+	})
+	p.BlackholeServerToClient(false)
+	r := <-done
+	if !r.ok || r.err != nil {
+		t.Fatalf("Renew = %v, %v; want the applied write adopted", r.ok, r.err)
+	}
+	if !l.IsHeld() || l.Token() != tok {
+		t.Fatalf("after adoption: held %v, token %d (was %d)", l.IsHeld(), l.Token(), tok)
+	}
+	e, err := kv.Get(ctx, "job")
+	if err != nil || string(e.Value()) != "a" {
+		t.Fatalf("server has %v, %v", e, err)
+	}
+	l.mu.Lock()
+	rev := l.rev
+	l.mu.Unlock()
+	if rev != e.Revision() {
+		t.Fatalf("lease holds revision %d, server has %d", rev, e.Revision())
+	}
+	if dl := l.Deadline(); dl.After(appliedSeen.Add(2700*time.Millisecond)) || dl.Before(called.Add(2700*time.Millisecond)) {
+		t.Fatalf("deadline not counted from the first attempt: %v after the call", dl.Sub(called))
+	}
+	// And the release deletes that adopted revision.
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("key still there after Release: %v", err)
+	}
+}
+
+// TestLeaseHangingRenewLosesAtDeadline: with the connection black-holed,
+// a renewal hangs; the holding still ends (Done, OnLost, IsHeld) at the
+// safety deadline, and Renew returns by then.
+func TestLeaseHangingRenewLosesAtDeadline(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 2*time.Second)
+	lostAt := make(chan time.Time, 2)
+	cfg := leaseCfg("job", "a")
+	cfg.Callbacks.OnLost = func() { lostAt <- time.Now() }
+	l, p := faultyLease(t, srv, kv.Bucket(), cfg)
+	mustAcquire(t, l)
+	deadline := l.Deadline()
+	p.Blackhole(true)
+	defer p.Blackhole(false)
+	returned := make(chan time.Time, 1)
+	go func() { _, _ = l.Renew(context.Background()); returned <- time.Now() }()
+	select {
+	case <-l.Done():
+		if late := time.Since(deadline); late > 200*time.Millisecond {
+			t.Fatalf("Done closed %v after the deadline", late)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done never closed while the renewal hung")
+	}
+	if l.IsHeld() {
+		t.Fatal("IsHeld after the deadline")
+	}
+	for _, ch := range []chan time.Time{lostAt, returned} {
+		select {
+		case at := <-ch:
+			if late := at.Sub(deadline); late > 500*time.Millisecond {
+				t.Fatalf("%v after the deadline", late)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("OnLost or Renew did not come back")
+		}
+	}
+	// The other side: another lease acquires only after the server
+	// expired the key, i.e. after our deadline.
+	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
+	if err := b.AcquireWait(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().Before(deadline) {
+		t.Fatal("another lease acquired before our deadline")
 	}
 }
