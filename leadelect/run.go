@@ -1,0 +1,297 @@
+package leadelect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natskvlease/natskvlease"
+)
+
+// Callbacks are told of the election's course. Each may be nil.
+type Callbacks struct {
+	// OnStartedLeading runs the leader's work for one term. It is called
+	// on a new goroutine at the start of each term, with a context that is
+	// cancelled the moment the term ends: leadership lost (at the latest
+	// at the lease's safety deadline, before any other candidate can
+	// lead), Resign, or the end of Run's context. It should return soon
+	// after: the key is not released, and Run neither campaigns again nor
+	// returns, until it has. If it returns earlier, the term goes on
+	// until one of those ends it.
+	OnStartedLeading func(ctx context.Context)
+	// OnStoppedLeading is called once per term, on Run's goroutine, after
+	// the term's context was cancelled, OnStartedLeading returned, and the
+	// key was released (or kept, or lost). Run campaigns again, or
+	// returns, when it returns.
+	OnStoppedLeading func()
+	// OnNewLeader is called with the leader's ID whenever a new term
+	// begins, this candidate's own included, as the key's watch reports
+	// it. Calls come one at a time, in order, from a goroutine Run starts
+	// for them and waits for before returning; their timing relative to
+	// the other callbacks is not defined. A call that is slow makes the
+	// ones after it coalesce as Observe's values do.
+	OnNewLeader func(id string)
+}
+
+// termKey marks a leader context with its term.
+type termKey struct{}
+
+// TokenFromContext returns the fencing token of the term whose leader
+// context (given to OnStartedLeading) ctx is or derives from. Pass it to
+// the resources the leader writes, and have them refuse smaller ones.
+func TokenFromContext(ctx context.Context) (uint64, bool) {
+	t, ok := ctx.Value(termKey{}).(*term)
+	if !ok {
+		return 0, false
+	}
+	return t.token, true
+}
+
+var errConnClosed = fmt.Errorf("leadelect: %w", nats.ErrConnectionClosed)
+
+// Run campaigns until ctx ends: it waits for the key to be vacant (woken
+// by the key's watch), acquires it, and leads until leadership is lost
+// or resigned, then campaigns again. See Callbacks for what is called
+// when, and on which goroutine.
+//
+// When ctx ends, a term in progress ends: its context is cancelled, Run
+// waits for OnStartedLeading to return, releases the key (unless
+// Config.KeepOnCancel) so that another candidate takes over within
+// milliseconds, calls OnStoppedLeading, and returns ctx.Err(). When Run
+// returns, none of its callbacks is running or will run.
+//
+// Run returns early with an error that retrying cannot cure: the
+// bucket cannot be created or used (errors wrapping
+// natskvlease.ErrBucketMismatch or ErrTTLNotSupported), JetStream is not
+// enabled, the server is too old, or the connection was closed
+// (nats.ErrConnectionClosed). Transient failures are retried. A second
+// Run while one is in progress returns ErrRunning.
+func (e *Election) Run(ctx context.Context, cb Callbacks) error {
+	if err := e.begin(); err != nil {
+		return err
+	}
+	defer e.finish()
+	lease, err := e.openRetrying(ctx)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancelCause(ctx)
+	f := newFollower(e.bucket.open, e.cfg.Key, e.js.Conn(), e.logger)
+	f.self = e.nonce
+	f.onClosed = func() { cancel(errConnClosed) }
+	var wg sync.WaitGroup
+	wg.Go(func() { f.run(runCtx) })
+	wg.Go(func() { notifyLeaders(runCtx, f.out, cb.OnNewLeader) })
+	err = e.campaign(runCtx, lease, f, cb)
+	cancel(nil)
+	wg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (e *Election) begin() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running {
+		return ErrRunning
+	}
+	e.running = true
+	return nil
+}
+
+func (e *Election) finish() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.running = false
+}
+
+// openRetrying opens the bucket, retrying what may be transient.
+func (e *Election) openRetrying(ctx context.Context) (*natskvlease.Lease, error) {
+	wait := rewatchDelay
+	for {
+		lease, err := e.open(ctx)
+		switch {
+		case err == nil:
+			return lease, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case permanent(err):
+			return nil, err
+		case e.js.Conn().IsClosed():
+			return nil, errConnClosed
+		}
+		e.logger.Warn("leadelect: cannot open the election's bucket yet; retrying", "error", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return nil, ctx.Err()
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// campaign alternates waiting for the key and leading, until ctx ends.
+func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *follower, cb Callbacks) error {
+	for {
+		if err := e.acquire(ctx, lease); err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return err
+		}
+		token, resigned := e.lead(ctx, lease, cb)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if resigned {
+			// Give the others a chance: campaign again once one of them
+			// has led, or after a TTL if none does.
+			f.waitOther(ctx, token, e.cfg.TTL)
+		}
+	}
+}
+
+// acquire blocks until the lease is held or ctx ends. Each round of
+// AcquireWait is bounded by one TTL and then started afresh with a new
+// watch: AcquireWait does not re-create a watch that ends, and falls
+// back to polling every half TTL, so a stalled or ended watch would
+// otherwise slow every handoff to a poll.
+func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error {
+	if !lease.IsHeld() {
+		lease.UpdateValue(e.identity(time.Time{}, 0)) // a new term's first write
+	}
+	for {
+		roundCtx, cancel := context.WithTimeout(ctx, e.cfg.TTL)
+		err := lease.AcquireWait(roundCtx)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			if !e.cfg.KeepOnCancel {
+				e.dropOrphan(lease)
+			}
+			return ctx.Err()
+		case roundCtx.Err() == nil:
+			return err // an error AcquireWait deems final
+		}
+	}
+}
+
+// dropOrphan deletes a value of ours that an acquisition cut short by
+// the end of Run's context may have stored: the lease, which never heard
+// the answer, does not know it holds the key and would not release it,
+// so the others would wait a TTL. (A round cut short by its own timeout
+// needs no such care: the next round finds the value ours and adopts
+// it.) The delete is revision-checked, so it removes only that value.
+func (e *Election) dropOrphan(lease *natskvlease.Lease) {
+	if lease.IsHeld() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.TTL)
+	defer cancel()
+	ops := lease.GetOps()
+	entry, err := ops.Get(ctx, e.cfg.Key)
+	if err != nil || !e.isOwner(entry.Value()) {
+		return
+	}
+	if err := ops.DeleteWithRevision(ctx, e.cfg.Key, entry.Revision()); err != nil {
+		e.logger.Warn("leadelect: could not remove an interrupted acquisition; it expires after its TTL", "error", err)
+		return
+	}
+	e.logger.Debug("leadelect: removed an acquisition interrupted by the end of Run", "revision", entry.Revision())
+}
+
+// lead runs one term, from a held lease to its end, and returns its
+// token and whether it ended by Resign.
+func (e *Election) lead(ctx context.Context, lease *natskvlease.Lease, cb Callbacks) (token uint64, resigned bool) {
+	t := e.beginTerm(ctx, lease)
+	if t == nil {
+		return 0, false // lost between acquiring and starting
+	}
+	work := t.startWork(cb.OnStartedLeading)
+	r := newRenewer(lease, e.cfg.RenewRatio, e)
+	defer r.timer.Stop()
+	r.keep(t.ctx.Done())
+	t.cancel()
+	// Keep the key while the leader's work winds down, so that no one
+	// else starts leading before it has stopped. A lease lost meanwhile
+	// cannot be kept; the work is still waited for.
+	r.keep(work)
+	<-work
+	resigned = t.decide()
+	if resigned || ctx.Err() == nil || !e.cfg.KeepOnCancel {
+		t.setErr(e.release(lease))
+	}
+	e.endTerm(t)
+	if cb.OnStoppedLeading != nil {
+		cb.OnStoppedLeading()
+	}
+	return t.token, resigned
+}
+
+// beginTerm records the new term and rewrites the stored identity with
+// its token and start, carried by every renewal. Nil if the lease was
+// lost already.
+func (e *Election) beginTerm(ctx context.Context, lease *natskvlease.Lease) *term {
+	tok := lease.Token()
+	if tok == 0 {
+		return nil
+	}
+	e.mu.Lock()
+	if e.sinceTerm != tok { // not a term resumed by a new Run
+		e.since, e.sinceTerm = time.Now(), tok
+	}
+	since := e.since
+	t := newTerm(ctx, lease, tok)
+	e.term = t
+	e.mu.Unlock()
+	lease.UpdateValue(e.identity(since, tok))
+	e.logger.Info("leadelect: started leading", "token", tok)
+	return t
+}
+
+func (e *Election) endTerm(t *term) {
+	e.mu.Lock()
+	e.term = nil
+	e.mu.Unlock()
+	close(t.ended)
+	e.logger.Info("leadelect: stopped leading", "token", t.token)
+}
+
+// release gives the key up with a revision-checked delete, waiting at
+// most a TTL. A lease already lost is not an error; a revision of ours
+// still on the server is deleted all the same, to hasten the handoff.
+func (e *Election) release(lease *natskvlease.Lease) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.TTL)
+	defer cancel()
+	err := lease.Release(ctx)
+	if err == nil || errors.Is(err, natskvlease.ErrLeaseNotHeld) {
+		return nil
+	}
+	e.logger.Warn("leadelect: release failed; the key expires after its TTL", "error", err)
+	return err
+}
+
+func notifyLeaders(ctx context.Context, in <-chan LeaderInfo, fn func(id string)) {
+	for info := range in { // closed when ctx ends
+		if fn != nil && !info.Vacant() && ctx.Err() == nil {
+			fn(info.ID)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
