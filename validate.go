@@ -90,6 +90,10 @@ var (
 	validBucketRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 )
 
+// maxBucketLen is the longest bucket name the server takes: a bucket's
+// stream is "KV_" + name, and stream names are at most 255 bytes.
+const maxBucketLen = 255 - len("KV_")
+
 func validateKey(field, key string) error {
 	switch {
 	case key == "":
@@ -106,6 +110,8 @@ func validateBucket(field, bucket string) error {
 	switch {
 	case bucket == "":
 		return configError(field, "is empty")
+	case len(bucket) > maxBucketLen:
+		return configError(field, "is %d bytes long; the server allows at most %d", len(bucket), maxBucketLen)
 	case !validBucketRe.MatchString(bucket):
 		return configError(field, "%q: only letters, digits, - and _ are allowed", bucket)
 	}
