@@ -145,11 +145,12 @@ func checkExisting(ctx context.Context, kv jetstream.KeyValue, cfg BucketConfig)
 }
 
 // bucketError marks a request the server refused as a configuration error
-// (a name it will not take, say) and leaves others as they are, so that
-// Retry still sees transient ones.
+// (a name it will not take, more replicas than it has) and leaves others
+// as they are, so that Retry still sees transient ones.
 func bucketError(bucket string, err error) error {
 	var apiErr *jetstream.APIError
-	if errors.Is(err, jetstream.ErrInvalidBucketName) || (errors.As(err, &apiErr) && apiErr.Code == 400) {
+	refused := errors.As(err, &apiErr) && apiErr != nil && !isTransientAPIError(apiErr)
+	if errors.Is(err, jetstream.ErrInvalidBucketName) || refused {
 		return fmt.Errorf("%w: bucket %q refused: %w", ErrInvalidConfig, bucket, err)
 	}
 	return err

@@ -296,7 +296,18 @@ func (l *Lease) currentValue() []byte {
 	return l.value
 }
 
-func (l *Lease) acquireLocked(ctx context.Context) (bool, error) {
+func (l *Lease) acquireLocked(ctx context.Context) (acquired bool, err error) {
+	// A write that failed without an answer (timeout, or ctx ended while
+	// it was in flight) may still have been applied. If this call gives
+	// up, delete such a write, so that the key is not blocked until its
+	// TTL by a lease nobody holds.
+	var inDoubt bool
+	var inDoubtAfter uint64
+	defer func() {
+		if !acquired && inDoubt {
+			l.dropOrphan(inDoubtAfter)
+		}
+	}()
 	b := newBackoff(l.retry)
 	// Only a vacancy seen (by a release or the watch) saves the read: a
 	// holder seen earlier may have gone since.
@@ -331,6 +342,9 @@ func (l *Lease) acquireLocked(ctx context.Context) (bool, error) {
 		}
 		known = false
 		lastErr = err
+		if !isRevisionMismatch(err) && (IsTransient(err) || ctx.Err() != nil) && !inDoubt {
+			inDoubt, inDoubtAfter = true, snap.rev
+		}
 		switch {
 		case isRevisionMismatch(err):
 			// Someone wrote first, or a false conflict: the read decides.
@@ -343,6 +357,22 @@ func (l *Lease) acquireLocked(ctx context.Context) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("natskvlease: acquire %q gave up: %w", l.cfg.Key, lastErr)
+}
+
+// dropOrphan deletes the key if its latest revision, newer than after,
+// is ours: a write of an acquisition that gave up. Best effort: a write
+// still in flight after the read is left to expire.
+func (l *Lease) dropOrphan(after uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.attemptTimeout())
+	defer cancel()
+	snap, err := l.ops.latest(ctx, l.cfg.Key)
+	if err != nil || snap.vacant || snap.rev <= after || !l.isOwner(snap.value) {
+		return
+	}
+	if markerRev, err := l.ops.remove(ctx, l.cfg.Key, snap.rev); err == nil {
+		l.logger.Debug("natskvlease: deleted the write of an abandoned acquisition", "revision", snap.rev)
+		l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
+	}
 }
 
 func (l *Lease) giveUp(ctx context.Context, err error) error {
@@ -786,22 +816,25 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr
 	}
-	var updates <-chan jetstream.KeyValueEntry
-	if w, err := l.ops.kv.Watch(ctx, l.cfg.Key); err == nil {
-		defer func() { _ = w.Stop() }()
-		updates = w.Updates()
-	} else {
-		l.logger.Debug("natskvlease: watch failed; polling", "error", err)
-	}
+	var w jetstream.KeyWatcher
+	defer func() {
+		if w != nil {
+			_ = w.Stop()
+		}
+	}()
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
+		var updates <-chan jetstream.KeyValueEntry
+		if w != nil {
+			updates = w.Updates()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case e, ok := <-updates:
 			if !ok {
-				updates = nil
+				w = nil // closed under us: watch again at the next poll
 				continue
 			}
 			if e == nil || e.Operation() == jetstream.KeyValuePut {
@@ -812,6 +845,9 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 			}
 			l.observe(snapshotOf(e))
 		case <-poll.C:
+			if w == nil {
+				w = l.watch(ctx)
+			}
 		}
 		ok, err := l.Acquire(ctx)
 		switch {
@@ -824,6 +860,17 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 		}
 		poll.Reset(pollInterval(l.TTL()))
 	}
+}
+
+// watch starts a watch on the key, or returns nil (and the caller polls)
+// if the server cannot be reached.
+func (l *Lease) watch(ctx context.Context) jetstream.KeyWatcher {
+	w, err := l.ops.kv.Watch(ctx, l.cfg.Key)
+	if err != nil {
+		l.logger.Debug("natskvlease: watch failed; polling until it works", "error", err)
+		return nil
+	}
+	return w
 }
 
 // pollInterval is half a TTL with ±20% jitter, so that waiters do not

@@ -170,22 +170,12 @@ func (m *LeaseManager) run(ctx context.Context) {
 			timer.Reset(0)
 		case <-timer.C:
 			if watcher == nil {
-				watcher = m.watch(ctx)
+				watcher = m.lease.watch(ctx)
 			}
 			m.tick(ctx)
 			timer.Reset(m.nextTick())
 		}
 	}
-}
-
-func (m *LeaseManager) watch(ctx context.Context) jetstream.KeyWatcher {
-	l := m.lease
-	w, err := l.ops.kv.Watch(ctx, l.cfg.Key)
-	if err != nil {
-		l.logger.Debug("natskvlease: watch failed; polling until it works", "error", err)
-		return nil
-	}
-	return w
 }
 
 // tick renews a held lease, or tries to acquire a free one.

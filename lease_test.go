@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease/internal/faultproxy"
@@ -247,33 +247,47 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
 	ctx := testContext(t)
-	l := NewLease(kv, leaseCfg("job", "a"))
+	own := openBucket(t, srv, kv.Bucket()) // the lease's own connection
+	l := NewLease(own, leaseCfg("job", "a"))
 	mustAcquire(t, l) // learns the bucket's TTL policy and the key
 
+	// The spy sees every message; a sentinel write from the lease's own
+	// connection, after each operation, marks where that operation's
+	// traffic ends (messages from one connection arrive in order).
 	spy := srv.Connect()
-	var writes, reads atomic.Int32
-	for subj, n := range map[string]*atomic.Int32{"$KV." + kv.Bucket() + ".>": &writes, "$JS.API.>": &reads} {
-		sub, err := spy.Subscribe(subj, func(*nats.Msg) { n.Add(1) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = sub.Unsubscribe() }()
+	sub, err := spy.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
 	}
 	if err := spy.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	prefix := "$KV." + kv.Bucket() + "."
 	count := func(op string, f func() error) {
 		t.Helper()
-		writes.Store(0)
-		reads.Store(0)
 		if err := f(); err != nil {
 			t.Fatalf("%s: %v", op, err)
 		}
-		if err := spy.Flush(); err != nil { // the spy has seen all it will
+		if _, err := own.Put(ctx, "sentinel", []byte(op)); err != nil {
 			t.Fatal(err)
 		}
-		if w, r := writes.Load(), reads.Load(); w != 1 || r != 0 {
-			t.Errorf("%s: %d writes and %d API requests; want exactly one write", op, w, r)
+		writes, reads := 0, 0
+		for {
+			m, err := sub.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatalf("%s: spy: %v", op, err)
+			}
+			switch {
+			case m.Subject == prefix+"sentinel":
+				if writes != 1 || reads != 0 {
+					t.Errorf("%s: %d writes and %d API requests; want exactly one write", op, writes, reads)
+				}
+				return
+			case m.Subject == prefix+"job":
+				writes++
+			case strings.HasPrefix(m.Subject, "$JS.API."):
+				reads++
+			}
 		}
 	}
 	count("renew", func() error { _, err := l.Renew(ctx); return err })
@@ -830,4 +844,33 @@ func TestLeaseHangingRenewLosesAtDeadline(t *testing.T) {
 	if time.Now().Before(deadline) {
 		t.Fatal("another lease acquired before our deadline")
 	}
+}
+
+// TestLeaseAbandonedAcquireLeavesNothing: an acquisition whose context
+// ends while its write is in flight must not leave a value that blocks
+// the key until its TTL with nobody holding it.
+func TestLeaseAbandonedAcquireLeavesNothing(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	l, p := faultyLease(t, srv, kv.Bucket(), leaseCfg("job", "a"))
+	mustAcquire(t, l)
+	if err := l.Release(testContext(t)); err != nil { // the lease now knows the marker: Acquire is one write
+		t.Fatal(err)
+	}
+	p.SetDelay(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	defer cancel()
+	ok, err := l.Acquire(ctx)
+	p.SetDelay(0)
+	if ok || err == nil {
+		t.Fatalf("Acquire = %v, %v; want a context error", ok, err)
+	}
+	if l.IsHeld() {
+		t.Fatal("held after a failed Acquire")
+	}
+	if e, err := kv.Get(testContext(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the abandoned write is still on the server: %v, %v", e, err)
+	}
+	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
+	mustAcquire(t, b)
 }

@@ -157,7 +157,7 @@ func IsTransient(err error) bool {
 		return true
 	}
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
+	if errors.As(err, &apiErr) && apiErr != nil {
 		return isTransientAPIError(apiErr)
 	}
 	return false
@@ -180,7 +180,7 @@ func isRevisionMismatch(err error) bool {
 		return true
 	}
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
+	return errors.As(err, &apiErr) && apiErr != nil &&
 		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
