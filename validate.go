@@ -94,6 +94,16 @@ var (
 // stream is "KV_" + name, and stream names are at most 255 bytes.
 const maxBucketLen = 255 - len("KV_")
 
+// ValidateKey reports whether key can name a lease: letters, digits and
+// -/_=. with non-empty dot-separated tokens. The error is a *ConfigError
+// wrapping ErrInvalidConfig.
+func ValidateKey(key string) error { return validateKey("key", key) }
+
+// ValidateBucket reports whether name can name a lease bucket: letters,
+// digits, - and _, short enough for the server's stream names. The error
+// is a *ConfigError wrapping ErrInvalidConfig.
+func ValidateBucket(name string) error { return validateBucket("bucket", name) }
+
 func validateKey(field, key string) error {
 	switch {
 	case key == "":

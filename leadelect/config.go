@@ -1,10 +1,9 @@
 package leadelect
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -113,29 +112,26 @@ func (c ObserverConfig) normalize() (ObserverConfig, error) {
 	return c, err
 }
 
-var (
-	// The rules nats.go and natskvlease apply, checked here so that a bad
-	// name is refused by New, with the field named.
-	validKeyRe    = regexp.MustCompile(`^[-/_=\.a-zA-Z0-9]+$`)
-	validBucketRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-)
-
 func checkLocation(cfg, bucket, key string) (string, string, error) {
 	if bucket == "" {
 		bucket = DefaultBucket
 	}
-	if !validBucketRe.MatchString(bucket) {
-		return bucket, key, configError(cfg+".Bucket", "%q: only letters, digits, - and _ are allowed", bucket)
+	if err := natskvlease.ValidateBucket(bucket); err != nil {
+		return bucket, key, inField(cfg+".Bucket", err)
 	}
-	switch {
-	case key == "":
-		return bucket, key, configError(cfg+".Key", "is empty")
-	case key[0] == '.' || key[len(key)-1] == '.' || strings.Contains(key, ".."):
-		return bucket, key, configError(cfg+".Key", "%q: tokens separated by '.' must not be empty", key)
-	case !validKeyRe.MatchString(key):
-		return bucket, key, configError(cfg+".Key", "%q: only letters, digits and -/_=. are allowed", key)
+	if err := natskvlease.ValidateKey(key); err != nil {
+		return bucket, key, inField(cfg+".Key", err)
 	}
 	return bucket, key, nil
+}
+
+// inField names our field in a validation error from natskvlease.
+func inField(field string, err error) error {
+	var ce *natskvlease.ConfigError
+	if errors.As(err, &ce) {
+		return &natskvlease.ConfigError{Field: field, Reason: ce.Reason}
+	}
+	return err
 }
 
 func checkTTL(ttl time.Duration) (time.Duration, error) {
