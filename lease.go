@@ -440,6 +440,9 @@ func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
 			return true, nil
 		}
 		lastErr = err
+		if opCtx.Err() != nil {
+			break // the caller gave up, or the deadline passed: decided below
+		}
 		if !isRevisionMismatch(err) && !IsTransient(err) {
 			l.lose(gen, err)
 			return false, fmt.Errorf("%w: renewal refused: %w", ErrLeaseNotHeld, err)

@@ -874,3 +874,41 @@ func TestLeaseAbandonedAcquireLeavesNothing(t *testing.T) {
 	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
 	mustAcquire(t, b)
 }
+
+// TestLeaseRenewCancelledIsNotALoss: a renewal abandoned by its caller
+// (StopCamping, a cancelled context) leaves the holding to its deadline;
+// it is then released, not reported lost.
+func TestLeaseRenewCancelledIsNotALoss(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	var mu sync.Mutex
+	var events []string
+	rec := func(s string) func() { return func() { mu.Lock(); events = append(events, s); mu.Unlock() } }
+	cfg := leaseCfg("job", "a")
+	cfg.Callbacks = LeaseCallbacks{OnAcquired: rec("acquired"), OnLost: rec("lost"), OnReleased: rec("released")}
+	l, p := faultyLease(t, srv, kv.Bucket(), cfg)
+	mustAcquire(t, l)
+	p.SetDelay(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	ok, err := l.Renew(ctx)
+	if ok || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Renew = %v, %v; want the caller's context error", ok, err)
+	}
+	if !l.IsHeld() {
+		t.Fatal("an abandoned renewal ended the holding")
+	}
+	p.SetDelay(0)
+	if err := l.Release(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(testContext(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("key not deleted: %v", err)
+	}
+	eventually(t, 2*time.Second, "callbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(events) == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if got := fmt.Sprint(events); got != "[acquired released]" {
+		t.Fatalf("events %s; want [acquired released]", got)
+	}
+}
