@@ -112,9 +112,10 @@ func (c *connFlags) connect(ctx context.Context) (*nats.Conn, jetstream.JetStrea
 		return nil, nil, fmt.Errorf("cannot connect to %s: %v", where, err)
 	}
 	if err := natskvlease.ValidateNatsVersion(nc); err != nil {
+		version := nc.ConnectedServerVersion()
 		nc.Close()
 		if errors.Is(err, natskvlease.ErrNatsVersionNotSupported) {
-			return nil, nil, fmt.Errorf("nats-server at %s is version %s; natslease needs 2.11.0 or newer (per-message TTLs)", where, nc.ConnectedServerVersion())
+			return nil, nil, fmt.Errorf("nats-server at %s is version %s; natslease needs 2.11.0 or newer (per-message TTLs)", where, version)
 		}
 		return nil, nil, fmt.Errorf("nats-server at %s: %v", where, err)
 	}
