@@ -36,7 +36,7 @@ func (c *connFlags) register(fs *flag.FlagSet, defaultServer, serverHelp string)
 		if defaultServer = os.Getenv("NATS_URL"); defaultServer == "" {
 			defaultServer = nats.DefaultURL
 		}
-		serverHelp = "NATS server URLs, comma separated (default from $NATS_URL)"
+		serverHelp = "NATS server URLs, comma separated ($NATS_URL, when set, is the default)"
 	}
 	fs.StringVar(&c.server, "server", defaultServer, serverHelp)
 	fs.StringVar(&c.server, "s", defaultServer, "short for --server")

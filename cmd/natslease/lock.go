@@ -54,7 +54,7 @@ func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cf.register(fs, "", "")
 	ttl := fs.Duration("ttl", dlock.DefaultTTL, "lock TTL: a holder that stops renewing loses the lock after it (at least 1s; all users of a bucket must agree)")
 	var wait optDuration
-	fs.Var(&wait, "wait", "how long to wait for the lock; 0 tries once (default: wait forever)")
+	fs.Var(&wait, "wait", "how long to wait for the lock, a `duration`; 0 tries once (default: wait forever)")
 	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lock is lost")
 	bucket := fs.String("bucket", dlock.DefaultBucket, "KeyValue bucket holding the locks")
 	verbose := fs.Bool("v", false, "report acquisition and release on stderr")
