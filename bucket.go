@@ -192,7 +192,13 @@ type bucketPolicy struct {
 }
 
 func readBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy, error) {
-	st, err := Retry(ctx, func() (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
+	// Each attempt is bounded: a request lost in a leader change must be
+	// retried, not waited on until the caller's context ends.
+	st, err := Retry(ctx, func() (jetstream.KeyValueStatus, error) {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return kv.Status(actx)
+	})
 	if err != nil {
 		return bucketPolicy{}, fmt.Errorf("natskvlease: reading bucket %q: %w", kv.Bucket(), err)
 	}
