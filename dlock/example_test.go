@@ -7,11 +7,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease/dlock"
+	"github.com/natskvlease/natskvlease/internal/embedded"
 )
 
 func ExampleClient_Lock() {
@@ -100,22 +100,11 @@ func ExampleClient_TryLock() {
 // random port and connects to it; stop closes both. In real code js comes
 // from jetstream.New on your own connection.
 func exampleJetStream() (js jetstream.JetStream, stop func()) {
-	dir, err := os.MkdirTemp("", "dlock-example-")
+	url, stopServer, err := embedded.Start()
 	if err != nil {
 		panic(err)
 	}
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: dir, NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		panic(err)
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		panic("nats-server not ready")
-	}
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(url)
 	if err != nil {
 		panic(err)
 	}
@@ -123,10 +112,5 @@ func exampleJetStream() (js jetstream.JetStream, stop func()) {
 	if err != nil {
 		panic(err)
 	}
-	return js, func() {
-		nc.Close()
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		_ = os.RemoveAll(dir)
-	}
+	return js, func() { nc.Close(); stopServer() }
 }

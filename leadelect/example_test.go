@@ -3,13 +3,12 @@ package leadelect_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natskvlease/natskvlease/internal/embedded"
 	"github.com/natskvlease/natskvlease/leadelect"
 )
 
@@ -17,24 +16,11 @@ import (
 // returns a JetStream handle on a connection to it, and a function that
 // closes both. Real programs connect to their own servers.
 func exampleServer() (jetstream.JetStream, func(), error) {
-	dir, err := os.MkdirTemp("", "leadelect-example")
+	url, stopServer, err := embedded.Start()
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	srv.Start()
-	stopServer := func() { srv.Shutdown(); srv.WaitForShutdown(); os.RemoveAll(dir) }
-	if !srv.ReadyForConnections(10 * time.Second) {
-		stopServer()
-		return nil, nil, fmt.Errorf("server not ready")
-	}
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(url)
 	if err != nil {
 		stopServer()
 		return nil, nil, err

@@ -11,11 +11,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/internal/embedded"
 )
 
 func main() {
@@ -28,7 +28,7 @@ func main() {
 func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	url, stop, err := startServer()
+	url, stop, err := embedded.Start()
 	if err != nil {
 		return err
 	}
@@ -89,20 +89,4 @@ func run() error {
 	<-acquired
 	say("replica-a released; replica-b acquired %v later through the key's watch, token %d", time.Since(released).Round(10*time.Microsecond), b.Token())
 	return nil
-}
-
-func startServer() (url string, stop func(), err error) {
-	dir, err := os.MkdirTemp("", "natskvlease-example-*")
-	if err != nil {
-		return "", nil, err
-	}
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
-	if err != nil {
-		return "", nil, err
-	}
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		return "", nil, fmt.Errorf("embedded nats-server did not start")
-	}
-	return srv.ClientURL(), func() { srv.Shutdown(); srv.WaitForShutdown(); _ = os.RemoveAll(dir) }, nil
 }
