@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -171,11 +172,25 @@ func BindJetStream(kv jetstream.KeyValue, js jetstream.JetStream) jetstream.KeyV
 	return &boundKV{KeyValue: kv, js: js}
 }
 
-// boundKV is a KeyValue that remembers its JetStream handle.
+// boundKV is a KeyValue that remembers its JetStream handle, and its
+// bucket's policy for a little while, so that many leases created at once
+// on one bucket do not each ask the server for it.
 type boundKV struct {
 	jetstream.KeyValue
-	js jetstream.JetStream
+	js     jetstream.JetStream
+	policy atomic.Pointer[cachedPolicy]
 }
+
+type cachedPolicy struct {
+	bucketPolicy
+	readAt time.Time
+}
+
+// policyCacheFor is how long a bucket policy read is reused. Short: a
+// bucket whose MaxAge is lowered must not keep new leases believing in
+// the old one for long. (A lease reads the policy once, at its first
+// operation.)
+const policyCacheFor = 5 * time.Second
 
 func jetStreamOf(kv jetstream.KeyValue) jetstream.JetStream {
 	if b, ok := kv.(*boundKV); ok {
@@ -192,6 +207,21 @@ type bucketPolicy struct {
 }
 
 func readBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy, error) {
+	b, bound := kv.(*boundKV)
+	if bound {
+		if c := b.policy.Load(); c != nil && time.Since(c.readAt) < policyCacheFor {
+			return c.bucketPolicy, nil
+		}
+	}
+	readAt := time.Now()
+	p, err := fetchBucketPolicy(ctx, kv)
+	if err == nil && bound {
+		b.policy.Store(&cachedPolicy{bucketPolicy: p, readAt: readAt})
+	}
+	return p, err
+}
+
+func fetchBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy, error) {
 	// Each attempt is bounded: a request lost in a leader change must be
 	// retried, not waited on until the caller's context ends.
 	st, err := Retry(ctx, func() (jetstream.KeyValueStatus, error) {

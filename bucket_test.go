@@ -581,3 +581,54 @@ func TestBindJetStream(t *testing.T) {
 		t.Fatalf("rebinding nested the wrapper: inner is %T", inner)
 	}
 }
+
+// TestBucketPolicyReusedBriefly: leases created together on one bound
+// bucket ask the server for its policy once, and ask again once the
+// cached answer is older than policyCacheFor.
+func TestBucketPolicyReusedBriefly(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := testContext(t)
+	_, js := srv.JetStream()
+	kv := mustCreate(t, js, BucketConfig{Bucket: uniqueBucket("cached"), TTL: 5 * time.Second})
+
+	spy := srv.Connect()
+	infos, err := spy.SubscribeSync("$JS.API.STREAM.INFO.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	read := func() {
+		t.Helper()
+		if p, err := readBucketPolicy(ctx, kv); err != nil || p.maxAge != 5*time.Second {
+			t.Fatalf("readBucketPolicy = %+v, %v", p, err)
+		}
+	}
+	asked := func() int {
+		t.Helper()
+		if err := spy.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n, _, err := infos.Pending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	read()
+	for range 10 {
+		read()
+	}
+	if n := asked(); n != 1 {
+		t.Fatalf("11 policy reads within %v sent %d stream-info requests; want 1", policyCacheFor, n)
+	}
+	b := kv.(*boundKV)
+	old := *b.policy.Load()
+	old.readAt = old.readAt.Add(-policyCacheFor)
+	b.policy.Store(&old)
+	read()
+	if n := asked(); n != 2 {
+		t.Fatalf("a read after the cache aged sent %d stream-info requests in all; want 2", n)
+	}
+}
