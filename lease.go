@@ -229,6 +229,19 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	if l.cfgErr != nil {
 		return false, l.cfgErr
 	}
+	return l.acquire(ctx, false)
+}
+
+// errContended: a watched acquisition lost the race for a vacancy. The
+// winner's write will reach the watch, so the caller need not read the
+// key to learn who won.
+var errContended = errors.New("natskvlease: another waiter wrote first")
+
+// acquire is Acquire. With watched, the caller watches the key: a lost
+// race for a vacancy returns errContended at once instead of reading the
+// key back, so that a crowd of waiters woken by one release costs the
+// server one write each and no reads.
+func (l *Lease) acquire(ctx context.Context, watched bool) (bool, error) {
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
 	if err := l.prepare(ctx); err != nil {
@@ -237,7 +250,7 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	if l.IsHeld() {
 		return l.renewLocked(ctx)
 	}
-	return l.acquireLocked(ctx)
+	return l.acquireLocked(ctx, watched)
 }
 
 // prepare learns, once, what TTL the bucket can enforce.
@@ -296,7 +309,7 @@ func (l *Lease) currentValue() []byte {
 	return l.value
 }
 
-func (l *Lease) acquireLocked(ctx context.Context) (acquired bool, err error) {
+func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool, err error) {
 	// A write that failed without an answer (timeout, or ctx ended while
 	// it was in flight) may still have been applied. If this call gives
 	// up, delete such a write, so that the key is not blocked until its
@@ -308,7 +321,7 @@ func (l *Lease) acquireLocked(ctx context.Context) (acquired bool, err error) {
 			l.dropOrphan(inDoubtAfter)
 		}
 	}()
-	b := newBackoff(l.retry)
+	b := lazyBackoff{cfg: l.retry}
 	// Only a vacancy seen (by a release or the watch) saves the read: a
 	// holder seen earlier may have gone since.
 	snap, known := l.lastSeen()
@@ -318,7 +331,7 @@ func (l *Lease) acquireLocked(ctx context.Context) (acquired bool, err error) {
 		if !known {
 			s, err := l.read(ctx)
 			if err != nil {
-				if !IsTransient(err) || !l.pause(ctx, b) {
+				if !IsTransient(err) || !b.pause(ctx) {
 					return false, l.giveUp(ctx, err)
 				}
 				lastErr = err
@@ -346,10 +359,17 @@ func (l *Lease) acquireLocked(ctx context.Context) (acquired bool, err error) {
 			inDoubt, inDoubtAfter = true, snap.rev
 		}
 		switch {
+		case isRevisionMismatch(err) && watched && !inDoubt:
+			// Someone wrote first (or is writing: a replicated stream's
+			// false conflict means a write on the key is in flight). The
+			// watch will show it; what we saw no longer holds. (After an
+			// attempt in doubt, the read must tell whether it was ours.)
+			l.observe(snapshot{})
+			return false, errContended
 		case isRevisionMismatch(err):
 			// Someone wrote first, or a false conflict: the read decides.
 		case IsTransient(err):
-			if !l.pause(ctx, b) {
+			if !b.pause(ctx) {
 				return false, l.giveUp(ctx, err)
 			}
 		default:
@@ -382,9 +402,19 @@ func (l *Lease) giveUp(ctx context.Context, err error) error {
 	return err
 }
 
+// lazyBackoff is a backoff built at its first pause, so that an
+// operation that succeeds at once pays nothing for it.
+type lazyBackoff struct {
+	cfg RetryConfig
+	b   *backoff.ExponentialBackOff
+}
+
 // pause waits for the next backoff interval; false means stop trying.
-func (l *Lease) pause(ctx context.Context, b *backoff.ExponentialBackOff) bool {
-	d := b.NextBackOff()
+func (lb *lazyBackoff) pause(ctx context.Context) bool {
+	if lb.b == nil {
+		lb.b = newBackoff(lb.cfg)
+	}
+	d := lb.b.NextBackOff()
 	return d != backoff.Stop && sleepCtx(ctx, d)
 }
 
@@ -398,6 +428,20 @@ func (l *Lease) writeAttempt(ctx context.Context, expected uint64, anyVacant boo
 	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
 	defer cancel()
 	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, anyVacant)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// writeBy is one renewal write that must be answered by the given time.
+func (l *Lease) writeBy(ctx context.Context, expected uint64, by time.Time) (uint64, error) {
+	actx, cancel := context.WithDeadline(ctx, by)
+	defer cancel()
+	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, false)
 }
 
 // Renew extends the lease with one revision-checked write on the
@@ -419,30 +463,42 @@ func (l *Lease) Renew(ctx context.Context) (bool, error) {
 	return l.renewLocked(ctx)
 }
 
+// renewHolding renews the holding numbered gen, and no later one.
+func (l *Lease) renewHolding(ctx context.Context, gen uint64) (bool, error) {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	if g, _, _, ok := l.holding(); !ok || g != gen {
+		return false, ErrLeaseNotHeld
+	}
+	return l.renewLocked(ctx)
+}
+
 func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
 	gen, rev, deadline, ok := l.holding()
 	if !ok {
 		return false, ErrLeaseNotHeld
 	}
+	// The common case is one write that succeeds: give it one timer, the
+	// earlier of the attempt timeout and the safety deadline, and build
+	// the retry machinery only if it fails.
+	sentAt := time.Now()
+	newRev, err := l.writeBy(ctx, rev, earliest(deadline, sentAt.Add(l.attemptTimeout())))
+	if err == nil {
+		l.extend(gen, newRev, sentAt)
+		return true, nil
+	}
+	return l.renewRetry(ctx, gen, rev, deadline, sentAt, err)
+}
+
+// renewRetry resolves a renewal whose first write, sent at firstSent,
+// failed with err: it reads the key back and tries again until the
+// safety deadline.
+func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, firstSent time.Time, err error) (bool, error) {
 	opCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	b := newBackoff(RetryConfig{MaxElapsedTime: time.Until(deadline)}.withDefaults())
-	var firstSent time.Time
-	var lastErr error
-	for {
-		sentAt := time.Now()
-		if firstSent.IsZero() {
-			firstSent = sentAt
-		}
-		newRev, err := l.writeAttempt(opCtx, rev, false)
-		if err == nil {
-			l.extend(gen, newRev, sentAt)
-			return true, nil
-		}
-		lastErr = err
-		if opCtx.Err() != nil {
-			break // the caller gave up, or the deadline passed: decided below
-		}
+	b := lazyBackoff{cfg: RetryConfig{MaxElapsedTime: time.Until(deadline)}.withDefaults()}
+	lastErr := err
+	for opCtx.Err() == nil { // else the caller gave up, or the deadline passed: decided below
 		if !isRevisionMismatch(err) && !IsTransient(err) {
 			l.lose(gen, err)
 			return false, fmt.Errorf("%w: renewal refused: %w", ErrLeaseNotHeld, err)
@@ -463,9 +519,17 @@ func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
 		}
 		// Unchanged (a false conflict, or a write that never arrived),
 		// or unknown: try again while the deadline allows.
-		if !l.pause(opCtx, b) {
+		if !b.pause(opCtx) {
 			break
 		}
+		sentAt := time.Now()
+		var newRev uint64
+		newRev, err = l.writeAttempt(opCtx, rev, false)
+		if err == nil {
+			l.extend(gen, newRev, sentAt)
+			return true, nil
+		}
+		lastErr = err
 	}
 	if ctx.Err() != nil && time.Now().Before(deadline) {
 		return false, errors.Join(ctx.Err(), lastErr)
@@ -507,7 +571,7 @@ func (l *Lease) release(ctx context.Context) error {
 }
 
 func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
-	b := newBackoff(l.retry)
+	b := lazyBackoff{cfg: l.retry}
 	for {
 		actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
 		markerRev, err := l.ops.remove(actx, l.cfg.Key, rev)
@@ -529,7 +593,7 @@ func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
 			l.observe(snap)
 			return nil // deleted by an earlier attempt, expired, or taken
 		}
-		if !l.pause(ctx, b) {
+		if !b.pause(ctx) {
 			return l.giveUp(ctx, err)
 		}
 	}
@@ -666,18 +730,16 @@ func (l *Lease) lastSeen() (snapshot, bool) {
 	return l.seen, l.seenOK
 }
 
-// campaign is a running renewal loop.
-type campaign struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
 // RunCamping acquires the lease once and, if that succeeds, renews it in
 // the background every TTL*RenewRatio until ctx ends, StopCamping or
 // Release is called (each of which releases it), or it is lost (OnLost).
 // It reports whether the lease was acquired. A RunCamping call while an
 // earlier loop runs stops that loop (without releasing) and renews under
 // the new ctx instead.
+//
+// The renewal loop holds no goroutine while it waits: each renewal runs
+// on a timer's goroutine. Many leases in one process therefore cost a
+// timer each, not a goroutine each.
 func (l *Lease) RunCamping(ctx context.Context) (bool, error) {
 	if l.cfgErr != nil {
 		return false, l.cfgErr
@@ -687,42 +749,102 @@ func (l *Lease) RunCamping(ctx context.Context) (bool, error) {
 	if !ok {
 		return false, err
 	}
+	gen, _, _, held := l.holding()
+	if !held {
+		return false, nil // lost at once: the deadline passed meanwhile
+	}
 	loopCtx, cancel := context.WithCancel(ctx)
-	c := &campaign{cancel: cancel, done: make(chan struct{})}
+	c := &campaign{
+		lease:    l,
+		parent:   ctx,
+		ctx:      loopCtx,
+		cancel:   cancel,
+		gen:      gen,
+		interval: time.Duration(float64(l.TTL()) * l.cfg.RenewRatio),
+		done:     make(chan struct{}),
+	}
 	l.mu.Lock()
 	old := l.camp
 	l.camp = c
 	l.mu.Unlock()
 	if old != nil { // a concurrent RunCamping started one meanwhile
-		old.cancel()
-		<-old.done
+		old.stop()
 	}
-	go l.renewLoop(ctx, loopCtx, c)
+	c.start()
 	return true, nil
 }
 
-func (l *Lease) renewLoop(parent, ctx context.Context, c *campaign) {
-	defer close(c.done)
-	interval := time.Duration(float64(l.TTL()) * l.cfg.RenewRatio)
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if parent.Err() != nil { // the caller's context ended: release
-				l.releaseAfterCancel()
-			}
-			return
-		case <-l.Done():
-			return // lost; OnLost has been posted
-		case <-t.C:
-			if ok, err := l.Renew(ctx); !ok && ctx.Err() == nil {
-				l.logger.Debug("natskvlease: renewal loop ends", "error", err)
-				return
-			}
-			t.Reset(interval)
-		}
+// campaign is a renewal loop started by RunCamping: a timer that renews
+// one holding, and a callback on the end of its context.
+type campaign struct {
+	lease    *Lease
+	parent   context.Context // the caller's: its end releases the lease
+	ctx      context.Context // parent, or ended by stop
+	cancel   context.CancelFunc
+	gen      uint64 // the holding renewed; a later one is not this loop's
+	interval time.Duration
+
+	mu        sync.Mutex
+	timer     *time.Timer
+	stopWatch func() bool // stops the context callback
+	ended     bool
+	done      chan struct{} // closed once ended (and released, if due)
+}
+
+func (c *campaign) start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timer = time.AfterFunc(c.interval, c.renew)
+	c.stopWatch = context.AfterFunc(c.ctx, c.onContextEnd)
+}
+
+// renew runs on the timer's goroutine: one renewal, then the next timer.
+func (c *campaign) renew() {
+	c.mu.Lock()
+	ended := c.ended
+	c.mu.Unlock()
+	if ended {
+		return
 	}
+	ok, err := c.lease.renewHolding(c.ctx, c.gen)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.ended || c.ctx.Err() != nil:
+		// onContextEnd ends the loop.
+	case !ok:
+		c.lease.logger.Debug("natskvlease: renewal loop ends", "error", err)
+		c.ended = true
+		c.stopWatch()
+		close(c.done)
+	default:
+		c.timer.Reset(c.interval)
+	}
+}
+
+// onContextEnd runs on a goroutine of its own when the loop's context
+// ends: by stop, or by the caller's context, which releases the lease.
+func (c *campaign) onContextEnd() {
+	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return
+	}
+	c.ended = true
+	c.timer.Stop()
+	c.mu.Unlock()
+	if c.parent.Err() != nil {
+		// After a renewal in flight, which the ended context cuts short.
+		c.lease.releaseAfterCancel()
+	}
+	close(c.done)
+}
+
+// stop ends the loop without releasing (unless the caller's context has
+// ended too) and waits for it.
+func (c *campaign) stop() {
+	c.cancel()
+	<-c.done
 }
 
 func (l *Lease) releaseAfterCancel() {
@@ -757,8 +879,7 @@ func (l *Lease) stopLoop() {
 	l.camp = nil
 	l.mu.Unlock()
 	if c != nil {
-		c.cancel()
-		<-c.done
+		c.stop()
 	}
 }
 
@@ -810,11 +931,14 @@ func (d *dispatcher) call(f func()) {
 
 // AcquireWait blocks until the lease is acquired or ctx ends. It watches
 // the key, so a release or expiry by the current holder wakes it at once
-// and the acquisition is one write on the marker's revision; it also
-// polls every half TTL (with jitter) in case the watch stalls. It returns
-// nil once the lease is held, ctx's error if ctx ends first, and at once
-// any error that retrying cannot cure (an invalid configuration, a TTL
-// the bucket cannot honour).
+// and the acquisition is one write on the marker's revision. Should the
+// watch fall silent, it polls: half a TTL (with jitter) after the last
+// sign of life. It returns nil once the lease is held, ctx's error if ctx
+// ends first, and at once any error that retrying cannot cure (an
+// invalid configuration, a TTL the bucket cannot honour).
+//
+// When many waiters are woken by one release, each sends one write and
+// the losers learn of the winner from the watch, without reading the key.
 func (l *Lease) AcquireWait(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr
@@ -822,7 +946,9 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	var w jetstream.KeyWatcher
 	defer func() {
 		if w != nil {
-			_ = w.Stop()
+			// Stopping deletes the watch's consumer: a round trip the
+			// caller, who holds the lease now, need not wait for.
+			go func() { _ = w.Stop() }()
 		}
 	}()
 	poll := time.NewTimer(0)
@@ -840,22 +966,29 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 				w = nil // closed under us: watch again at the next poll
 				continue
 			}
-			if e == nil || e.Operation() == jetstream.KeyValuePut {
-				if e != nil {
-					l.observe(snapshotOf(e))
-				}
-				continue
+			if e == nil {
+				continue // the end of the initial values
 			}
 			l.observe(snapshotOf(e))
+			if e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value()) {
+				// Held by another, and the watch is alive.
+				poll.Reset(pollInterval(l.TTL()))
+				continue
+			}
 		case <-poll.C:
 			if w == nil {
 				w = l.watch(ctx)
 			}
 		}
-		ok, err := l.Acquire(ctx)
+		ok, err := l.acquire(ctx, w != nil)
 		switch {
 		case ok:
 			return nil
+		case errors.Is(err, errContended):
+			// The winner's write is on its way to the watch; look again
+			// soon in case it never lands.
+			poll.Reset(l.attemptTimeout())
+			continue
 		case errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrTTLNotSupported):
 			return err
 		case err != nil:

@@ -163,8 +163,11 @@ func (m *LeaseManager) run(ctx context.Context) {
 				watcher = nil // re-created at the next tick
 				continue
 			}
-			if e != nil && m.onEntry(ctx, e) {
-				timer.Reset(m.nextTick())
+			if e == nil {
+				continue // the end of the initial values
+			}
+			if next, act := m.onEntry(ctx, e); act {
+				timer.Reset(next)
 			}
 		case <-lost:
 			timer.Reset(0)
@@ -172,31 +175,40 @@ func (m *LeaseManager) run(ctx context.Context) {
 			if watcher == nil {
 				watcher = m.lease.watch(ctx)
 			}
-			m.tick(ctx)
-			timer.Reset(m.nextTick())
+			timer.Reset(m.tick(ctx, watcher != nil))
 		}
 	}
 }
 
-// tick renews a held lease, or tries to acquire a free one.
-func (m *LeaseManager) tick(ctx context.Context) {
+// tick renews a held lease, or tries to acquire a free one, and returns
+// the time to the next tick. With watched, the key's watch is running.
+func (m *LeaseManager) tick(ctx context.Context, watched bool) time.Duration {
 	l := m.lease
 	if l.IsHeld() {
 		if _, err := l.Renew(ctx); err != nil && ctx.Err() == nil {
 			l.logger.Debug("natskvlease: renew", "error", err)
 		}
-		return
+		return m.nextTick()
 	}
-	if _, err := l.Acquire(ctx); err != nil && ctx.Err() == nil {
+	_, err := l.acquire(ctx, watched)
+	switch {
+	case errors.Is(err, errContended):
+		// Another waiter won; its write is on the way to the watch, which
+		// resets the timer. Look again soon in case it never lands.
+		return l.attemptTimeout()
+	case err != nil && ctx.Err() == nil:
 		l.logger.Debug("natskvlease: acquire", "error", err)
 	}
+	return m.nextTick()
 }
 
-// onEntry reacts to a watched change of the key and reports whether it
-// acted. A marker while waiting means the key is free: acquire now. A
-// revision not ours while holding means we may have lost it: renew now,
-// which confirms or refutes that with one write.
-func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) bool {
+// onEntry reacts to a watched change of the key and returns the time to
+// the next tick if it changes. A marker while waiting means the key is
+// free: acquire now. A revision not ours while holding means we may have
+// lost it: renew now, which confirms or refutes that with one write.
+// Another's write while waiting shows the watch alive: the poll that
+// covers a silent watch starts again.
+func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) (next time.Duration, act bool) {
 	l := m.lease
 	s := snapshotOf(e)
 	l.observe(s)
@@ -204,16 +216,17 @@ func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) b
 	l.mu.Lock()
 	held, rev := l.held && time.Now().Before(l.deadline), l.rev
 	l.mu.Unlock()
-	acted := false
-	if held && s.rev > rev && !ours {
-		m.tick(ctx)
-		acted = true
+	switch {
+	case held && s.rev > rev && !ours:
+		return m.tick(ctx, true), true
+	case held:
+		return 0, false
+	case s.vacant:
+		return m.tick(ctx, true), true
+	case !ours:
+		return m.nextTick(), true
 	}
-	if s.vacant && !l.IsHeld() {
-		m.tick(ctx)
-		acted = true
-	}
-	return acted
+	return 0, false
 }
 
 // nextTick is the time to the next renewal while held, or to the next

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -912,5 +913,109 @@ func TestLeaseRenewCancelledIsNotALoss(t *testing.T) {
 	defer mu.Unlock()
 	if got := fmt.Sprint(events); got != "[acquired released]" {
 		t.Fatalf("events %s; want [acquired released]", got)
+	}
+}
+
+// TestLeaseRunCampingHoldsNoGoroutine: renewal loops wait on timers, so
+// many campaigning leases cost no goroutine each, and still renew.
+func TestLeaseRunCampingHoldsNoGoroutine(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, time.Second)
+	const n = 40
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	before := runtime.NumGoroutine()
+	leases := make([]*Lease, n)
+	first := make([]uint64, n)
+	for i := range leases {
+		leases[i] = NewLease(kv, leaseCfg(fmt.Sprintf("job.%d", i), "a"))
+		if ok, err := leases[i].RunCamping(ctx); !ok {
+			t.Fatalf("RunCamping %d: %v", i, err)
+		}
+		first[i] = leases[i].Token()
+	}
+	// Each renewal moves the key's revision past the acquiring one.
+	eventually(t, 10*time.Second, "every lease renewed", func() bool {
+		for i, l := range leases {
+			e, err := kv.Get(ctx, fmt.Sprintf("job.%d", i))
+			if err != nil || e.Revision() <= first[i] || !l.IsHeld() {
+				return false
+			}
+		}
+		return true
+	})
+	if grown := runtime.NumGoroutine() - before; grown >= n/2 {
+		t.Errorf("%d campaigning leases added %d goroutines; want far fewer than one each", n, grown)
+	}
+	cancel()
+	for i, l := range leases {
+		l.StopCamping() // waits for the loop, which releases on ctx's end
+		if l.IsHeld() {
+			t.Fatalf("lease %d held after its context ended", i)
+		}
+	}
+	eventually(t, 5*time.Second, "every key released", func() bool {
+		for i := range leases {
+			if _, err := kv.Get(context.Background(), fmt.Sprintf("job.%d", i)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestLeaseWatchedLoserDoesNotRead: a waiter that loses the race for a
+// vacancy it saw learns of the winner from its watch; the lost race
+// costs it one write and no read.
+func TestLeaseWatchedLoserDoesNotRead(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	ctx := testContext(t)
+	own := openBucket(t, srv, kv.Bucket())
+	loser := NewLease(own, leaseCfg("job", "loser"))
+	mustAcquire(t, loser)
+	if err := loser.Release(ctx); err != nil { // the loser knows the marker
+		t.Fatal(err)
+	}
+	winner := NewLease(kv, leaseCfg("job", "winner"))
+	mustAcquire(t, winner)
+
+	spy := srv.Connect()
+	sub, err := spy.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := loser.acquire(ctx, true)
+	if ok || !errors.Is(err, errContended) {
+		t.Fatalf("watched acquire over a taken vacancy = %v, %v; want false, errContended", ok, err)
+	}
+	if _, err := own.Put(ctx, "sentinel", nil); err != nil {
+		t.Fatal(err)
+	}
+	writes, requests := 0, 0
+	for {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.HasSuffix(m.Subject, ".sentinel"):
+			if writes != 1 || requests != 0 {
+				t.Fatalf("lost race: %d writes and %d API requests; want one write", writes, requests)
+			}
+			// Unwatched, the same loss is resolved by a read and reported
+			// as a plain "held by another".
+			if ok, err := loser.Acquire(ctx); ok || err != nil {
+				t.Fatalf("Acquire = %v, %v; want false, nil", ok, err)
+			}
+			return
+		case strings.HasSuffix(m.Subject, ".job"):
+			writes++
+		case strings.HasPrefix(m.Subject, "$JS.API."):
+			requests++
+		}
 	}
 }
