@@ -232,14 +232,30 @@ func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	return l.acquire(ctx, false)
 }
 
-// errContended: a watched acquisition lost the race for a vacancy. The
-// winner's write will reach the watch, so the caller need not read the
-// key to learn who won.
-var errContended = errors.New("natskvlease: another waiter wrote first")
+// contendedError: a watched acquisition lost the race for a vacancy, or
+// found another write on the key in flight. That write will reach the
+// watch, so the caller need not read the key to learn who won; should
+// the watch stay silent for recheck, the caller tries again (and reads).
+type contendedError struct {
+	recheck time.Duration
+}
+
+func (e *contendedError) Error() string {
+	return "natskvlease: another write on the key came first"
+}
+
+// contended reports a contendedError and how long to trust the watch.
+func contended(err error) (recheck time.Duration, ok bool) {
+	var c *contendedError
+	if errors.As(err, &c) {
+		return c.recheck, true
+	}
+	return 0, false
+}
 
 // acquire is Acquire. With watched, the caller watches the key: a lost
-// race for a vacancy returns errContended at once instead of reading the
-// key back, so that a crowd of waiters woken by one release costs the
+// race for a vacancy returns a contendedError at once instead of reading
+// the key back, so that a crowd of waiters woken by one release costs the
 // server one write each and no reads.
 func (l *Lease) acquire(ctx context.Context, watched bool) (bool, error) {
 	l.opMu.Lock()
@@ -365,7 +381,12 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 			// watch will show it; what we saw no longer holds. (After an
 			// attempt in doubt, the read must tell whether it was ours.)
 			l.observe(snapshot{})
-			return false, errContended
+			// A replicated stream answers "in flight" (10164) also for a
+			// write it has stored but not yet cleared, such as the very
+			// marker this attempt was written on; a short recheck bounds
+			// what that costs.
+			took := time.Since(sentAt)
+			return false, &contendedError{recheck: min(2*took+5*time.Millisecond, l.attemptTimeout())}
 		case isRevisionMismatch(err):
 			// Someone wrote first, or a false conflict: the read decides.
 		case IsTransient(err):
@@ -981,13 +1002,14 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 			}
 		}
 		ok, err := l.acquire(ctx, w != nil)
+		recheck, lost := contended(err)
 		switch {
 		case ok:
 			return nil
-		case errors.Is(err, errContended):
-			// The winner's write is on its way to the watch; look again
-			// soon in case it never lands.
-			poll.Reset(l.attemptTimeout())
+		case lost:
+			// The other write is on its way to the watch, which resets
+			// the poll; look again soon in case it never lands.
+			poll.Reset(recheck)
 			continue
 		case errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrTTLNotSupported):
 			return err

@@ -137,9 +137,11 @@ func (m *LeaseManager) Done() <-chan struct{} { return m.lease.Done() }
 func (m *LeaseManager) run(ctx context.Context) {
 	defer close(m.done)
 	l := m.lease
-	defer l.releaseAfterCancel()
 	var watcher jetstream.KeyWatcher
 	defer func() {
+		// Release first: a waiter should not wait for the watch's
+		// consumer to be deleted (a round trip) before it can take over.
+		l.releaseAfterCancel()
 		if watcher != nil {
 			_ = watcher.Stop()
 		}
@@ -191,12 +193,12 @@ func (m *LeaseManager) tick(ctx context.Context, watched bool) time.Duration {
 		return m.nextTick()
 	}
 	_, err := l.acquire(ctx, watched)
-	switch {
-	case errors.Is(err, errContended):
-		// Another waiter won; its write is on the way to the watch, which
-		// resets the timer. Look again soon in case it never lands.
-		return l.attemptTimeout()
-	case err != nil && ctx.Err() == nil:
+	if recheck, lost := contended(err); lost {
+		// The other write is on its way to the watch, which resets the
+		// timer; look again soon in case it never lands.
+		return recheck
+	}
+	if err != nil && ctx.Err() == nil {
 		l.logger.Debug("natskvlease: acquire", "error", err)
 	}
 	return m.nextTick()
