@@ -16,13 +16,15 @@ import (
 // benchmarks: long enough never to expire during them.
 const leaseTTL = 10 * time.Second
 
-// BenchmarkAcquireRelease: one acquire+release cycle on one key.
+// BenchmarkAcquireRelease: one acquire+release cycle on one key, three
+// ways, interleaved (see interleave):
 //
 //   - raw: kv.Update on the delete marker's revision, then
 //     kv.Delete(LastRevision) of the revision written: the cheapest valid
 //     cycle the KeyValue API offers. kv.Delete does not return the
-//     marker's revision; nothing else writes the bucket meanwhile, so it
-//     is the written revision + 1 (revisions are the stream's sequence).
+//     marker's revision; nothing else writes the bucket between the two
+//     calls, so it is the written revision + 1 (revisions are the
+//     stream's sequence).
 //   - raw-ttl: the same, but the write is what a lease sends: a publish
 //     with the expected-revision header and a per-message TTL (kv.Update
 //     cannot carry one).
@@ -30,39 +32,74 @@ const leaseTTL = 10 * time.Second
 //     lease knows the marker's revision, so each Acquire is one write.
 func BenchmarkAcquireRelease(b *testing.B) {
 	forTopologies(b, func(b *testing.B, top *topology) {
-		b.Run("raw", func(b *testing.B) {
-			kv, _ := top.newBucket(b, "cycle_raw", leaseTTL)
-			benchRawCycle(b, kv, "raw", func(ctx context.Context, key string, val []byte, marker uint64) (uint64, error) {
-				return kv.Update(ctx, key, val, marker)
-			})
-		})
-		b.Run("raw-ttl", func(b *testing.B) {
-			kv, js := top.newBucket(b, "cycle_rawttl", leaseTTL)
-			benchRawCycle(b, kv, "rawttl", ttlPublisher(js, kv.Bucket()))
-		})
-		b.Run("lease", func(b *testing.B) {
-			ctx := benchContext(b)
-			kv, _ := top.newBucket(b, "cycle_lease", leaseTTL)
-			l := natskvlease.NewLease(kv, natskvlease.LeaseConfig{Key: "lease", TTL: leaseTTL, Value: holderValue("lease")})
-			cycle := func() {
-				if ok, err := l.Acquire(ctx); !ok || err != nil {
-					b.Fatalf("Acquire = %v, %v", ok, err)
-				}
-				if err := l.Release(ctx); err != nil {
-					b.Fatalf("Release: %v", err)
-				}
+		ctx := benchContext(b)
+		// One bucket, a key each: on R3 a bucket each could have its
+		// stream leader on another server, which would weigh more than
+		// anything measured here.
+		kv, js := top.newBucket(b, "cycle", leaseTTL)
+		rawKV, ttlKV, leaseKV := kv, kv, kv
+		l := natskvlease.NewLease(leaseKV, natskvlease.LeaseConfig{Key: "lease", TTL: leaseTTL, Value: holderValue("lease")})
+		cycle := func() {
+			if ok, err := l.Acquire(ctx); !ok || err != nil {
+				b.Fatalf("Acquire = %v, %v", ok, err)
 			}
-			cycle() // learns the bucket's TTL policy and the marker's revision
-			for b.Loop() {
-				cycle()
+			if err := l.Release(ctx); err != nil {
+				b.Fatalf("Release: %v", err)
 			}
-		})
+		}
+		cycle() // learns the bucket's TTL policy and the marker's revision
+		interleave(b,
+			namedOp{"raw", newRawCycle(b, rawKV, "raw", func(ctx context.Context, key string, val []byte, marker uint64) (uint64, error) {
+				return rawKV.Update(ctx, key, val, marker)
+			})},
+			namedOp{"raw-ttl", newRawCycle(b, ttlKV, "rawttl", ttlPublisher(js, ttlKV.Bucket()))},
+			namedOp{"lease", cycle},
+		)
 	})
+}
+
+// namedOp is one of the operations interleave compares.
+type namedOp struct {
+	name string
+	op   func()
+}
+
+// interleave runs one of each op per iteration, in an order that rotates,
+// and reports each op's median time as <name>-ns/op and its ratio to the
+// first op's as <name>/<first> (and the last op's to the second's).
+// Measured side by side like this, a machine that slows down for a
+// moment slows all of them alike, so the ratios hold on a noisy machine;
+// medians keep a rare stall (a leader election, a GC) out of them.
+func interleave(b *testing.B, ops ...namedOp) {
+	samples := make([][]time.Duration, len(ops))
+	n := 0
+	for b.Loop() {
+		for k := range ops {
+			i := (n + k) % len(ops)
+			start := time.Now()
+			ops[i].op()
+			samples[i] = append(samples[i], time.Since(start))
+		}
+		n++
+	}
+	medians := make([]float64, len(ops))
+	for i, o := range ops {
+		medians[i] = float64(percentile(samples[i], 50))
+		b.ReportMetric(medians[i], o.name+"-ns/op")
+	}
+	for i := 1; i < len(ops); i++ {
+		b.ReportMetric(medians[i]/medians[0], ops[i].name+"/"+ops[0].name)
+	}
+	if last := len(ops) - 1; last > 1 {
+		b.ReportMetric(medians[last]/medians[1], ops[last].name+"/"+ops[1].name)
+	}
 }
 
 type writeFunc func(ctx context.Context, key string, val []byte, expected uint64) (uint64, error)
 
-func benchRawCycle(b *testing.B, kv jetstream.KeyValue, key string, write writeFunc) {
+// newRawCycle returns one raw acquire+release cycle on key: write on the
+// marker's revision, delete the revision written.
+func newRawCycle(b *testing.B, kv jetstream.KeyValue, key string, write writeFunc) func() {
 	ctx := benchContext(b)
 	val := holderValue(key)
 	rev, err := kv.Create(ctx, key, val)
@@ -73,19 +110,15 @@ func benchRawCycle(b *testing.B, kv jetstream.KeyValue, key string, write writeF
 		b.Fatalf("Delete: %v", err)
 	}
 	marker := rev + 1
-	repeats := 0
-	for b.Loop() {
-		repeats += retryFalseConflict(b, "write", func() (err error) {
+	return func() {
+		retryFalseConflict(b, "write", func() (err error) {
 			rev, err = write(ctx, key, val, marker)
 			return err
 		})
-		repeats += retryFalseConflict(b, "delete", func() error {
+		retryFalseConflict(b, "delete", func() error {
 			return kv.Delete(ctx, key, jetstream.LastRevision(rev))
 		})
 		marker = rev + 1
-	}
-	if repeats > 0 {
-		b.ReportMetric(float64(repeats)/float64(b.N), "false-conflicts/op")
 	}
 }
 
@@ -118,64 +151,53 @@ func isMismatch(err error) bool {
 	return false
 }
 
-// BenchmarkRenew: one renewal of a held lease.
+// BenchmarkRenew: one renewal of a held lease, three ways, interleaved:
 //
 //   - raw: kv.Update on the revision last written.
 //   - raw-ttl: the same write as a lease sends it, with a per-message TTL.
 //   - lease: Lease.Renew.
 func BenchmarkRenew(b *testing.B) {
 	forTopologies(b, func(b *testing.B, top *topology) {
-		b.Run("raw", func(b *testing.B) {
-			kv, _ := top.newBucket(b, "renew_raw", leaseTTL)
-			benchRawRenew(b, kv, "raw", func(ctx context.Context, key string, val []byte, expected uint64) (uint64, error) {
-				return kv.Update(ctx, key, val, expected)
-			})
-		})
-		b.Run("raw-ttl", func(b *testing.B) {
-			kv, js := top.newBucket(b, "renew_rawttl", leaseTTL)
-			benchRawRenew(b, kv, "rawttl", ttlPublisher(js, kv.Bucket()))
-		})
-		b.Run("lease", func(b *testing.B) {
-			ctx := benchContext(b)
-			kv, _ := top.newBucket(b, "renew_lease", leaseTTL)
-			l := natskvlease.NewLease(kv, natskvlease.LeaseConfig{Key: "lease", TTL: leaseTTL, Value: holderValue("lease")})
-			if ok, err := l.Acquire(ctx); !ok || err != nil {
-				b.Fatalf("Acquire = %v, %v", ok, err)
-			}
-			for b.Loop() {
+		ctx := benchContext(b)
+		kv, js := top.newBucket(b, "renew", leaseTTL) // one bucket: see BenchmarkAcquireRelease
+		rawKV, ttlKV, leaseKV := kv, kv, kv
+		l := natskvlease.NewLease(leaseKV, natskvlease.LeaseConfig{Key: "lease", TTL: leaseTTL, Value: holderValue("lease")})
+		if ok, err := l.Acquire(ctx); !ok || err != nil {
+			b.Fatalf("Acquire = %v, %v", ok, err)
+		}
+		interleave(b,
+			namedOp{"raw", newRawRenew(b, rawKV, "raw", func(ctx context.Context, key string, val []byte, expected uint64) (uint64, error) {
+				return rawKV.Update(ctx, key, val, expected)
+			})},
+			namedOp{"raw-ttl", newRawRenew(b, ttlKV, "rawttl", ttlPublisher(js, ttlKV.Bucket()))},
+			namedOp{"lease", func() {
 				if ok, err := l.Renew(ctx); !ok || err != nil {
 					b.Fatalf("Renew = %v, %v", ok, err)
 				}
-			}
-			if err := l.Release(ctx); err != nil {
-				b.Fatalf("Release: %v", err)
-			}
-		})
+			}},
+		)
+		if err := l.Release(ctx); err != nil {
+			b.Fatalf("Release: %v", err)
+		}
 	})
 }
 
-func benchRawRenew(b *testing.B, kv jetstream.KeyValue, key string, write writeFunc) {
+// newRawRenew returns one raw renewal of key: an update on the revision
+// last written.
+func newRawRenew(b *testing.B, kv jetstream.KeyValue, key string, write writeFunc) func() {
 	ctx := benchContext(b)
 	val := holderValue(key)
 	rev, err := kv.Create(ctx, key, val)
 	if err != nil {
 		b.Fatalf("Create: %v", err)
 	}
-	repeats := 0
-	for b.Loop() {
-		repeats += retryFalseConflict(b, "update", func() (err error) {
-			var next uint64
-			next, err = write(ctx, key, val, rev)
+	return func() {
+		retryFalseConflict(b, "update", func() (err error) {
+			next, err := write(ctx, key, val, rev)
 			if err == nil {
 				rev = next
 			}
 			return err
 		})
-	}
-	if repeats > 0 {
-		b.ReportMetric(float64(repeats)/float64(b.N), "false-conflicts/op")
-	}
-	if err := kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
-		b.Fatalf("Delete: %v", err)
 	}
 }
