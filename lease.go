@@ -964,26 +964,23 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr
 	}
-	var w jetstream.KeyWatcher
+	var w *keyWatch
 	defer func() {
+		// Stopping deletes the watch's consumer: a round trip the caller,
+		// who holds the lease now, need not wait for.
 		if w != nil {
-			// Stopping deletes the watch's consumer: a round trip the
-			// caller, who holds the lease now, need not wait for.
-			go func() { _ = w.Stop() }()
+			go w.stop()
 		}
 	}()
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
-		var updates <-chan jetstream.KeyValueEntry
-		if w != nil {
-			updates = w.Updates()
-		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case e, ok := <-updates:
+		case e, ok := <-w.updates():
 			if !ok {
+				w.stop()
 				w = nil // closed under us: watch again at the next poll
 				continue
 			}
@@ -1020,15 +1017,72 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	}
 }
 
+// keyWatch is a watch on the lease's key that outlives the context it
+// was started under: its owner stops it, after any release. Ending it
+// deletes its consumer, which on a replicated bucket goes through the
+// cluster's meta leader; let that run at the same time as a release and
+// it slows the release that a waiter is waiting for.
+type keyWatch struct {
+	w      jetstream.KeyWatcher
+	cancel context.CancelFunc // ends nats.go's wait on the watch's context
+}
+
 // watch starts a watch on the key, or returns nil (and the caller polls)
-// if the server cannot be reached.
-func (l *Lease) watch(ctx context.Context) jetstream.KeyWatcher {
-	w, err := l.ops.kv.Watch(ctx, l.cfg.Key)
-	if err != nil {
+// if the server cannot be reached. Starting it honours ctx; the watch
+// then lasts until stop.
+func (l *Lease) watch(ctx context.Context) *keyWatch {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stopStarting := context.AfterFunc(ctx, cancel)
+	w, err := l.ops.kv.Watch(wctx, l.cfg.Key)
+	if !stopStarting() || err != nil {
+		cancel()
+		if err == nil {
+			_ = w.Stop()
+		}
 		l.logger.Debug("natskvlease: watch failed; polling until it works", "error", err)
 		return nil
 	}
-	return w
+	return &keyWatch{w: w, cancel: cancel}
+}
+
+// updates is the watch's channel; nil (never ready) for no watch.
+func (k *keyWatch) updates() <-chan jetstream.KeyValueEntry {
+	if k == nil {
+		return nil
+	}
+	return k.w.Updates()
+}
+
+// stopAfterHandoff stops the watch once it shows someone else's write
+// (a successor took the key), or after at most wait. Run after a release,
+// it keeps the deletion of the watch's consumer out of the successor's
+// way.
+func (k *keyWatch) stopAfterHandoff(l *Lease, wait time.Duration) {
+	if k == nil {
+		return
+	}
+	defer k.stop()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case e, ok := <-k.w.Updates():
+			if !ok || e != nil && e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value()) {
+				return
+			}
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// stop ends the watch and deletes its consumer (a round trip).
+func (k *keyWatch) stop() {
+	if k == nil {
+		return
+	}
+	_ = k.w.Stop()
+	k.cancel()
 }
 
 // pollInterval is half a TTL with ±20% jitter, so that waiters do not

@@ -96,7 +96,9 @@ func (m *LeaseManager) checkTTL(ctx context.Context) error {
 
 // Stop ends the campaign, releases the lease if held, and waits for the
 // campaign goroutine to end or ctx to end, whichever comes first. A second
-// Stop returns ErrProviderStopped.
+// Stop returns ErrProviderStopped. The key's watch outlives Stop briefly:
+// it is ended once it shows a successor's write, or half a second after
+// the release, so that deleting its consumer does not slow the handoff.
 func (m *LeaseManager) Stop(ctx context.Context) error {
 	m.mu.Lock()
 	if m.stopped {
@@ -132,27 +134,27 @@ func (m *LeaseManager) Deadline() time.Time { return m.lease.Deadline() }
 // already when not held).
 func (m *LeaseManager) Done() <-chan struct{} { return m.lease.Done() }
 
+// handoffWatchLinger bounds how long a stopped manager's watch waits for
+// a successor before it is deleted anyway.
+const handoffWatchLinger = 500 * time.Millisecond
+
 // run is the campaign: one goroutine that owns every operation on the
 // lease, driven by the key's watch and a timer.
 func (m *LeaseManager) run(ctx context.Context) {
 	defer close(m.done)
 	l := m.lease
-	var watcher jetstream.KeyWatcher
+	var watcher *keyWatch
 	defer func() {
-		// Release first: a waiter should not wait for the watch's
-		// consumer to be deleted (a round trip) before it can take over.
 		l.releaseAfterCancel()
+		// The watch ends once a successor shows up on it (see keyWatch);
+		// Stop need not wait for that.
 		if watcher != nil {
-			_ = watcher.Stop()
+			go watcher.stopAfterHandoff(l, handoffWatchLinger)
 		}
 	}()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		var updates <-chan jetstream.KeyValueEntry
-		if watcher != nil {
-			updates = watcher.Updates()
-		}
 		var lost <-chan struct{}
 		if l.IsHeld() {
 			lost = l.Done()
@@ -160,8 +162,9 @@ func (m *LeaseManager) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-updates:
+		case e, ok := <-watcher.updates():
 			if !ok {
+				watcher.stop()
 				watcher = nil // re-created at the next tick
 				continue
 			}
