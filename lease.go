@@ -194,6 +194,19 @@ func (l *Lease) Deadline() time.Time {
 	return l.deadline
 }
 
+// Revision returns the key's latest revision as far as this lease knows:
+// its own last write (acquire, renewal, or the delete marker of Release)
+// or a later revision its reads or watch showed. It is 0 until known.
+// After Release, a revision above it means someone wrote the key since.
+func (l *Lease) Revision() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seenOK && l.seen.rev > l.rev {
+		return l.seen.rev
+	}
+	return l.rev
+}
+
 // TTL returns the TTL the server applies to the lease, known after the
 // first operation (0 before).
 func (l *Lease) TTL() time.Duration {

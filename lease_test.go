@@ -1019,3 +1019,41 @@ func TestLeaseWatchedLoserDoesNotRead(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseRevision: Revision follows the lease's own writes, its release
+// marker, and what it reads of others.
+func TestLeaseRevision(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	ctx := testContext(t)
+	a := NewLease(kv, leaseCfg("job", "a"))
+	if a.Revision() != 0 {
+		t.Fatalf("Revision before any operation = %d, want 0", a.Revision())
+	}
+	token := mustAcquire(t, a)
+	if a.Revision() != token {
+		t.Fatalf("Revision after acquire = %d, want the token %d", a.Revision(), token)
+	}
+	if ok, err := a.Renew(ctx); !ok {
+		t.Fatal(err)
+	}
+	renewed := a.Revision()
+	if e, err := kv.Get(ctx, "job"); err != nil || e.Revision() != renewed || renewed <= token {
+		t.Fatalf("Revision after renew = %d; key at %v (%v)", renewed, e, err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	marker := a.Revision()
+	if marker <= renewed {
+		t.Fatalf("Revision after release = %d, want the marker's, above %d", marker, renewed)
+	}
+	b := NewLease(kv, leaseCfg("job", "b"))
+	other := mustAcquire(t, b)
+	if ok, err := a.Acquire(ctx); ok || err != nil {
+		t.Fatalf("Acquire over b = %v, %v", ok, err)
+	}
+	if a.Revision() != other || other <= marker {
+		t.Fatalf("Revision after reading b's holding = %d, want %d", a.Revision(), other)
+	}
+}

@@ -46,3 +46,41 @@ func TestIdentityRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherLed: after resigning its term (token 10, release marker 14),
+// a candidate waits until the watch shows that another has led since,
+// even when a lagging watch skipped the other's write and the self's
+// marker (History 1 keeps only the latest revision).
+func TestOtherLed(t *testing.T) {
+	const token, released = 10, 14
+	leader := func(rev uint64, nonce string) LeaderInfo {
+		return LeaderInfo{ID: "x", Nonce: nonce, Revision: rev}
+	}
+	vacancy := func(rev uint64) LeaderInfo { return LeaderInfo{Revision: rev} }
+	cases := []struct {
+		name     string
+		seen     []LeaderInfo
+		released uint64
+		want     bool
+	}{
+		{"nothing yet", nil, released, false},
+		{"own term only", []LeaderInfo{leader(token, "self"), leader(12, "self")}, released, false},
+		{"own release marker", []LeaderInfo{leader(12, "self"), vacancy(released)}, released, false},
+		{"another's term", []LeaderInfo{vacancy(released), leader(15, "other")}, released, true},
+		{"two vacancies after the term", []LeaderInfo{vacancy(released), vacancy(16)}, released, true},
+		{"only a later vacancy: marker and term skipped", []LeaderInfo{vacancy(16)}, released, true},
+		{"only a later vacancy, marker unknown", []LeaderInfo{vacancy(16)}, 0, false},
+		{"an older term of another", []LeaderInfo{leader(5, "other")}, released, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := &follower{self: "self"}
+			for _, info := range c.seen {
+				f.record(info)
+			}
+			if got := f.otherLed(token, c.released); got != c.want {
+				t.Fatalf("otherLed = %v, want %v", got, c.want)
+			}
+		})
+	}
+}

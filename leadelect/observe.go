@@ -45,6 +45,7 @@ type follower struct {
 	otherRev   uint64 // revision of the latest term write not by self
 	lastVacRev uint64 // revision of the latest vacancy seen
 	prevVacRev uint64 // revision of the distinct vacancy before it
+	maxRev     uint64 // the latest revision seen
 }
 
 func newFollower(open func(context.Context) (jetstream.KeyValue, error), key string, conn *nats.Conn, logger *slog.Logger) *follower {
@@ -165,6 +166,7 @@ func (f *follower) publish(info LeaderInfo) {
 
 // record notes what waitOther needs; f.mu is held.
 func (f *follower) record(info LeaderInfo) {
+	f.maxRev = max(f.maxRev, info.Revision)
 	switch {
 	case !info.Vacant() && info.Nonce != f.self:
 		f.otherRev = max(f.otherRev, info.Revision)
@@ -176,13 +178,16 @@ func (f *follower) record(info LeaderInfo) {
 // waitOther waits until another candidate is seen to have led after
 // revision token (the self's term), d passes, or ctx ends. Another's
 // term shows as a write of its own, or, if a lagging watch skipped that
-// write, as a second vacancy after the self's release.
-func (f *follower) waitOther(ctx context.Context, token uint64, d time.Duration) {
+// write, as a second vacancy after the self's release, or as any
+// revision after released, the revision of the self's release marker
+// (0 if unknown): a watch that lagged may have skipped the self's marker
+// too, and History 1 keeps only the latest revision.
+func (f *follower) waitOther(ctx context.Context, token, released uint64, d time.Duration) {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
 		f.mu.Lock()
-		seen := f.otherRev > token || f.prevVacRev > token
+		seen := f.otherLed(token, released)
 		changed := f.changed
 		f.mu.Unlock()
 		if seen {
@@ -196,6 +201,12 @@ func (f *follower) waitOther(ctx context.Context, token uint64, d time.Duration)
 			return
 		}
 	}
+}
+
+// otherLed reports whether another candidate has led since the self's
+// term (see waitOther); f.mu is held.
+func (f *follower) otherLed(token, released uint64) bool {
+	return f.otherRev > token || f.prevVacRev > token || released > 0 && f.maxRev > released
 }
 
 // alive reports whether following should go on, and tells onClosed once

@@ -150,7 +150,7 @@ func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *fo
 		if resigned {
 			// Give the others a chance: campaign again once one of them
 			// has led, or after a TTL if none does.
-			f.waitOther(ctx, token, e.cfg.TTL)
+			f.waitOther(ctx, token, lease.Revision(), e.cfg.TTL)
 		}
 	}
 }
