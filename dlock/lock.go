@@ -45,10 +45,15 @@ var errLostAtOnce = errors.New("lock lost at once after acquiring")
 // Lock blocks until it holds key or ctx ends, and returns the held lock,
 // renewed in the background until Unlock. Waiting is driven by a watch on
 // the key, so a release is picked up within milliseconds and an expiry as
-// soon as the server writes its marker; it also polls every half TTL in
-// case the watch stalls. When ctx ends first, the error wraps ctx's
+// soon as the server writes its marker; should the watch fall silent, it
+// polls half a TTL after the watch last showed the key's holder. When ctx ends first, the error wraps ctx's
 // error; an invalid key gives one wrapping natskvlease.ErrInvalidConfig;
 // a closed client one wrapping natskvlease.ErrProviderClosed.
+//
+// Lock calls on one key through one Client wait on the server one at a
+// time; the others queue in the process, first come first served. So
+// many goroutines after one key cost the server one watch per Client,
+// and a release wakes one of them per Client rather than all.
 func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
@@ -56,9 +61,15 @@ func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 	}
 	defer end()
 	for {
+		pass, err := c.waitTurn(ctx, key)
+		if err != nil {
+			return nil, c.fail("lock", key, err)
+		}
 		owner := newOwner()
 		lease := c.newLease(key, owner)
-		if err := lease.AcquireWait(ctx); err != nil {
+		err = lease.AcquireWait(ctx)
+		pass() // the next caller watches while this one holds
+		if err != nil {
 			return nil, c.fail("lock", key, err)
 		}
 		l, err := c.hold(lease, key, owner)

@@ -378,3 +378,69 @@ func TestStalledConnectionCancelsBeforeHandoff(t *testing.T) {
 		t.Fatalf("Unlock of the stalled lock: %v, want ErrLockLost", err)
 	}
 }
+
+// TestLocalWaitersQueue: goroutines of one Client after one key wait on
+// the server one at a time (one watch), queue in the process, and all
+// get the lock in turn.
+func TestLocalWaitersQueue(t *testing.T) {
+	const waiters = 20
+	e := newEnv(t, 5*time.Second)
+	holderClient, _ := e.client()
+	c, _ := e.client()
+	ctx := testContext(t)
+	holder := mustLock(t, holderClient, "shared")
+	eventually(t, 5*time.Second, "the holder's watch gone", func() bool { return e.consumers() == 0 })
+
+	var started sync.WaitGroup
+	started.Add(waiters)
+	var inside atomic.Int32
+	tokens := make(chan uint64, waiters)
+	errs := make(chan error, waiters)
+	var wg sync.WaitGroup
+	for range waiters {
+		wg.Go(func() {
+			started.Done()
+			l, err := c.Lock(ctx, "shared")
+			if err != nil {
+				errs <- err
+				return
+			}
+			if n := inside.Add(1); n != 1 {
+				t.Errorf("%d holders inside", n)
+			}
+			tokens <- l.Token()
+			inside.Add(-1)
+			if err := l.Unlock(ctx); err != nil {
+				errs <- err
+			}
+		})
+	}
+	started.Wait()
+	eventually(t, 5*time.Second, "a waiter watching", func() bool { return e.consumers() >= 1 })
+	for i := range 20 { // the others stay queued in the process
+		if n := e.consumers(); n != 1 {
+			t.Fatalf("check %d: %d watches for %d waiters of one Client; want 1", i, n, waiters)
+		}
+	}
+	if err := holder.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	close(tokens)
+	var got []uint64
+	for tok := range tokens {
+		got = append(got, tok)
+	}
+	if len(got) != waiters {
+		t.Fatalf("%d holdings, want %d", len(got), waiters)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] <= got[i-1] {
+			t.Fatalf("tokens %v: want them strictly increasing in the order taken", got)
+		}
+	}
+}
