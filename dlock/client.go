@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/internal/turnstile"
 )
 
 // Client takes locks in one bucket. It is safe for concurrent use. Close
@@ -27,49 +28,11 @@ type Client struct {
 	life     context.Context // cancelled by Close: aborts calls in flight
 	end      context.CancelFunc
 	inflight sync.WaitGroup // calls between begin and their end
+	turns    turnstile.Set  // Lock calls wait on the server one per key: see Lock
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
-	locks  map[*Lock]struct{}    // held locks, released by Close
-	turns  map[string]*turnstile // Lock calls waiting, per key
-}
-
-// turnstile lets one Lock call per key and Client wait on the server at a
-// time; the others queue in the process, first come first served. A crowd
-// of goroutines after one key then costs the server one watch and one
-// write per Client, not one per goroutine, and a handoff wakes one
-// waiter per Client instead of a herd.
-type turnstile struct {
-	slot  chan struct{} // holds a token while a call waits on the server
-	users int           // calls queued or waiting; the entry goes at 0
-}
-
-// waitTurn blocks until it is this call's turn to wait for key on the
-// server, and returns the function that passes the turn on.
-func (c *Client) waitTurn(ctx context.Context, key string) (pass func(), err error) {
-	c.mu.Lock()
-	t := c.turns[key]
-	if t == nil {
-		t = &turnstile{slot: make(chan struct{}, 1)}
-		c.turns[key] = t
-	}
-	t.users++
-	c.mu.Unlock()
-	select {
-	case t.slot <- struct{}{}:
-		return func() { <-t.slot; c.leaveTurn(key, t) }, nil
-	case <-ctx.Done():
-		c.leaveTurn(key, t)
-		return nil, ctx.Err()
-	}
-}
-
-func (c *Client) leaveTurn(key string, t *turnstile) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.users--; t.users == 0 {
-		delete(c.turns, key)
-	}
+	locks  map[*Lock]struct{} // held locks, released by Close
 }
 
 // New checks that the server behind js runs NATS 2.11 or newer with
@@ -107,7 +70,6 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Client, 
 		logger: logger,
 		pid:    os.Getpid(),
 		locks:  make(map[*Lock]struct{}),
-		turns:  make(map[string]*turnstile),
 	}
 	c.hostname, _ = os.Hostname() // best effort; it is for operators
 	c.life, c.end = context.WithCancel(context.Background())

@@ -61,7 +61,7 @@ func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 	}
 	defer end()
 	for {
-		pass, err := c.waitTurn(ctx, key)
+		pass, err := c.turns.Wait(ctx, key)
 		if err != nil {
 			return nil, c.fail("lock", key, err)
 		}
