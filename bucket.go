@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease/internal/turnstile"
 )
 
 // DefaultBucketTTL is the MaxAge of buckets created without a TTL, and
@@ -179,6 +181,15 @@ type boundKV struct {
 	jetstream.KeyValue
 	js     jetstream.JetStream
 	policy atomic.Pointer[cachedPolicy]
+	turns  turnstile.Set // LeaseManagers waiting, per key
+}
+
+// turnsOf returns the turnstiles of a bound KeyValue, nil for another.
+func turnsOf(kv jetstream.KeyValue) *turnstile.Set {
+	if b, ok := kv.(*boundKV); ok {
+		return &b.turns
+	}
+	return nil
 }
 
 type cachedPolicy struct {

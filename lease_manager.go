@@ -20,9 +20,14 @@ var ErrAlreadyStarted = errors.New("natskvlease: already started")
 // It watches the key, so a delete, purge or expiry marker written by the
 // server or by another holder's Release starts an acquisition at once,
 // with one write on the marker's revision: a graceful handoff takes
-// milliseconds, not a poll interval. It also polls, with jitter, every
-// half TTL while waiting, because a watch can stall silently after a
-// server restart.
+// milliseconds, not a poll interval. Should the watch fall silent (it can
+// stall after a server restart), it polls, with jitter, half a TTL after
+// the watch last showed the key's holder.
+//
+// Managers of one key on one bound KeyValue (see BindJetStream) in one
+// process take turns: one waits on the server, the others wait in the
+// process, first come first served, so a crowd of them costs the server
+// one watch and one write per handoff.
 //
 // Callbacks in the LeaseConfig run as described for LeaseCallbacks.
 type LeaseManager struct {
@@ -154,9 +159,36 @@ func (m *LeaseManager) run(ctx context.Context) {
 	}()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	turns := turnsOf(l.ops.kv)
+	var pass func() // set while this manager has its key's turn to wait
+	defer func() {
+		if pass != nil {
+			pass()
+		}
+	}()
 	for {
+		held := l.IsHeld()
+		switch {
+		case held && pass != nil:
+			pass() // the next manager in the process watches while we hold
+			pass = nil
+		case !held && pass == nil && turns != nil:
+			// Managers of one key on one KeyValue wait on the server one
+			// at a time; while another has the turn, this one neither
+			// watches nor polls.
+			if watcher != nil {
+				go watcher.stop()
+				watcher = nil
+			}
+			p, err := turns.Wait(ctx, l.cfg.Key)
+			if err != nil {
+				return
+			}
+			pass = p
+			timer.Reset(0)
+		}
 		var lost <-chan struct{}
-		if l.IsHeld() {
+		if held {
 			lost = l.Done()
 		}
 		select {

@@ -3,6 +3,7 @@ package natskvlease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -119,11 +120,12 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 		cfg := leaseCfg("job", "m"+string(rune('0'+i)))
 		cfg.Callbacks.OnAcquired = func() { acquired <- time.Now() }
 		waiter := NewLeaseManager(openBucket(t, srv, kv.Bucket()), cfg)
-		before := consumers(t, js, kv.Bucket())
 		if err := waiter.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) > before })
+		// The holder's watch and the waiter's (the previous holder's ends
+		// once it has seen its successor).
+		eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 2 })
 		start := time.Now()
 		if err := holder.Stop(ctx); err != nil {
 			t.Fatal(err)
@@ -182,5 +184,54 @@ func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
 	eventually(t, time.Second, "re-acquisition on the delete marker", func() bool { return acquired.Load() == 2 && m.IsHeld() })
 	if m.Token() <= first {
 		t.Fatalf("token %d after %d", m.Token(), first)
+	}
+}
+
+// TestLeaseManagerCrowdTakesTurns: managers of one key on one bound
+// KeyValue wait on the server one at a time (one watch between them),
+// and each gets the lease in turn as the others stop.
+func TestLeaseManagerCrowdTakesTurns(t *testing.T) {
+	srv := natstest.Start(t)
+	js, kv := testBucket(t, srv, 10*time.Second)
+	ctx := testContext(t)
+	holder := NewLeaseManager(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "holder"))
+	if err := holder.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the holder", holder.IsHeld)
+	shared := openBucket(t, srv, kv.Bucket()) // bound: from GetOrCreateBucket
+	const crowd = 10
+	acquired := make(chan int, crowd)
+	managers := make([]*LeaseManager, crowd)
+	for i := range managers {
+		cfg := leaseCfg("job", fmt.Sprintf("m%d", i))
+		cfg.Callbacks.OnAcquired = func() { acquired <- i }
+		managers[i] = NewLeaseManager(shared, cfg)
+		if err := managers[i].Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The holder's watch and one of the crowd's.
+	eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 2 })
+	for i := range 20 {
+		if n := consumers(t, js, kv.Bucket()); n != 2 {
+			t.Fatalf("check %d: %d watches (holder and %d waiters of one KeyValue); want 2", i, n, crowd)
+		}
+	}
+	if err := holder.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range crowd {
+		select {
+		case i := <-acquired:
+			if !managers[i].IsHeld() {
+				t.Fatalf("m%d: OnAcquired but not held", i)
+			}
+			if err := managers[i].Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no manager of the crowd acquired after a release")
+		}
 	}
 }
