@@ -30,6 +30,11 @@
 //     reported while the revision is unchanged (replicated streams do
 //     this) is retried. Transient errors are retried until the safety
 //     deadline, then the lease is lost.
+//   - Handoff through the watch: a waiter (AcquireWait, LeaseManager)
+//     acts on the key's delete or expiry marker the moment its watch
+//     delivers it, with one write on the marker's revision. When one
+//     release wakes many waiters, the losers learn of the winner from
+//     the same watch rather than by reading the key.
 //
 // # Limits
 //
@@ -45,7 +50,9 @@
 // # Which type to use
 //
 // Lease is the building block: Acquire, Renew and Release by hand, or
-// RunCamping to renew in the background. LeaseManager campaigns for
+// RunCamping to renew in the background (on a timer, with no goroutine
+// per lease while it waits, so a process can hold thousands). AcquireWait
+// blocks until the lease is free and acquired. LeaseManager campaigns for
 // ever: it acquires whenever the key is free, which suits a leader role.
 // Create buckets with KVHelper.GetOrCreateBucket.
 package natskvlease

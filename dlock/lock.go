@@ -46,9 +46,10 @@ var errLostAtOnce = errors.New("lock lost at once after acquiring")
 // renewed in the background until Unlock. Waiting is driven by a watch on
 // the key, so a release is picked up within milliseconds and an expiry as
 // soon as the server writes its marker; should the watch fall silent, it
-// polls half a TTL after the watch last showed the key's holder. When ctx ends first, the error wraps ctx's
-// error; an invalid key gives one wrapping natskvlease.ErrInvalidConfig;
-// a closed client one wrapping natskvlease.ErrProviderClosed.
+// polls half a TTL after the watch last showed the key's holder. When ctx
+// ends first, the error wraps ctx's error; an invalid key gives one
+// wrapping natskvlease.ErrInvalidConfig; a closed client one wrapping
+// natskvlease.ErrProviderClosed.
 //
 // Lock calls on one key through one Client wait on the server one at a
 // time; the others queue in the process, first come first served. So

@@ -157,9 +157,9 @@ func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *fo
 
 // acquire blocks until the lease is held or ctx ends. Each round of
 // AcquireWait is bounded by one TTL and then started afresh with a new
-// watch: AcquireWait does not re-create a watch that ends, and falls
-// back to polling every half TTL, so a stalled or ended watch would
-// otherwise slow every handoff to a poll.
+// watch: AcquireWait re-creates a watch that ends only at its next poll
+// (half a TTL after the watch last showed life), so a stalled or ended
+// watch would otherwise slow a handoff to a poll.
 func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error {
 	if !lease.IsHeld() {
 		lease.UpdateValue(e.identity(time.Time{}, 0)) // a new term's first write
