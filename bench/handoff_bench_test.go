@@ -32,15 +32,24 @@ const handoffTimeout = 10 * time.Second
 // Each handoff is followed by the start of a new waiter, so that there
 // are always the same number of waiters, and a pause for it to settle
 // (watch started, key read); ns/op includes that pause and means little.
+//
+// The waiters share handoffConns connections, as goroutines of a service
+// would; "separate=10" gives ten waiters a connection (and for dlock a
+// Client) each, as ten processes would have, so that none of them queue
+// behind another in the process.
 func BenchmarkHandoff(b *testing.B) {
 	forTopologies(b, func(b *testing.B, top *topology) {
 		for _, kind := range []string{"manager", "dlock"} {
 			for _, waiters := range []int{1, 10, 100} {
 				b.Run(fmt.Sprintf("%s/waiters=%d", kind, waiters), func(b *testing.B) {
-					h := newHandoffRig(b, top, kind, waiters)
+					h := newHandoffRig(b, top, kind, waiters, min(waiters+1, handoffConns))
 					h.run(b)
 				})
 			}
+			b.Run(kind+"/separate=10", func(b *testing.B) {
+				h := newHandoffRig(b, top, kind, 10, 11)
+				h.run(b)
+			})
 		}
 	})
 }
@@ -67,10 +76,10 @@ type handoffRig struct {
 	settle  time.Duration
 }
 
-func newHandoffRig(b *testing.B, top *topology, kind string, waiters int) *handoffRig {
+func newHandoffRig(b *testing.B, top *topology, kind string, waiters, conns int) *handoffRig {
 	h := &handoffRig{
 		top: top, kind: kind, waiters: waiters,
-		bucket: fmt.Sprintf("handoff_%s_%d", kind, waiters),
+		bucket: fmt.Sprintf("handoff_%s_%d_%d", kind, waiters, conns),
 		got:    make(chan holding, waiters+2),
 		settle: 10 * time.Millisecond,
 	}
@@ -81,7 +90,6 @@ func newHandoffRig(b *testing.B, top *topology, kind string, waiters int) *hando
 		h.settle *= 3
 	}
 	h.waitCtx, h.cancel = context.WithCancel(context.Background())
-	conns := min(waiters+1, handoffConns)
 	ctx := benchContext(b)
 	switch kind {
 	case "manager":
