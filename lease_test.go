@@ -1057,3 +1057,38 @@ func TestLeaseRevision(t *testing.T) {
 		t.Fatalf("Revision after reading b's holding = %d, want %d", a.Revision(), other)
 	}
 }
+
+// TestLeaseWatchedLossWithNothingInFlight: a watched waiter that loses
+// its race to a write it never sees (here: one long gone, its vacancy
+// stale) is told to look again soon, and the next attempt reads the key
+// and acquires. This is the path a replicated stream's false "in flight"
+// conflict takes.
+func TestLeaseWatchedLossWithNothingInFlight(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	ctx := testContext(t)
+	l := NewLease(kv, leaseCfg("job", "late"))
+	mustAcquire(t, l)
+	if err := l.Release(ctx); err != nil { // l now knows the marker
+		t.Fatal(err)
+	}
+	other := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "other"))
+	mustAcquire(t, other)
+	if err := other.Release(ctx); err != nil { // vacant again, at a newer marker
+		t.Fatal(err)
+	}
+	ok, err := l.acquire(ctx, true)
+	recheck, lost := contended(err)
+	if ok || !lost {
+		t.Fatalf("watched acquire on a stale vacancy = %v, %v; want a contendedError", ok, err)
+	}
+	if recheck < 5*time.Millisecond || recheck > l.attemptTimeout() {
+		t.Fatalf("recheck %v outside [5ms, %v]", recheck, l.attemptTimeout())
+	}
+	if ok, err := l.acquire(ctx, true); !ok || err != nil {
+		t.Fatalf("the recheck's attempt = %v, %v; want it to read the key and acquire", ok, err)
+	}
+	if l.Token() <= other.Revision() {
+		t.Fatalf("token %d not above the other's release marker %d", l.Token(), other.Revision())
+	}
+}
