@@ -24,11 +24,15 @@ type KVOps struct {
 	js     jetstream.JetStream // nil unless kv is bound (BindJetStream)
 	logger *slog.Logger
 	retry  RetryConfig
+	// noRetry turns off nats.go's retry on "no responders": it would hide
+	// time from the lease's deadline, and the lease retries itself.
+	noRetry jetstream.PublishOpt
 }
 
 // NewKVOps returns operations on kv. A nil logger discards logs.
 func NewKVOps(kv jetstream.KeyValue, logger *slog.Logger) *KVOps {
-	return &KVOps{kv: kv, js: jetStreamOf(kv), logger: orDiscard(logger), retry: DefaultRetryConfig()}
+	return &KVOps{kv: kv, js: jetStreamOf(kv), logger: orDiscard(logger), retry: DefaultRetryConfig(),
+		noRetry: jetstream.WithRetryAttempts(0)}
 }
 
 // KV returns the underlying KeyValue.
@@ -160,17 +164,14 @@ func (o *KVOps) write(ctx context.Context, key string, value []byte, expected ui
 		}
 		return o.kv.Update(ctx, key, value, expected)
 	}
+	// The headers are set here rather than through publish options, which
+	// would allocate a closure each per call.
 	m := &nats.Msg{Subject: o.subject(key), Data: value, Header: nats.Header{}}
-	opts := []jetstream.PublishOpt{
-		jetstream.WithExpectLastSequencePerSubject(expected),
-		// A "no responders" retry inside nats.go would hide time from the
-		// lease's deadline; the lease retries itself.
-		jetstream.WithRetryAttempts(0),
-	}
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expected, 10))
 	if ttl > 0 {
-		opts = append(opts, jetstream.WithMsgTTL(ttl))
+		m.Header.Set(jetstream.MsgTTLHeader, ttl.String())
 	}
-	ack, err := o.js.PublishMsg(ctx, m, opts...)
+	ack, err := o.js.PublishMsg(ctx, m, o.noRetry)
 	if err != nil {
 		return 0, err
 	}
@@ -187,7 +188,7 @@ func (o *KVOps) remove(ctx context.Context, key string, expected uint64) (uint64
 	m := &nats.Msg{Subject: o.subject(key), Header: nats.Header{}}
 	m.Header.Set(kvOperationHeader, "DEL")
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expected, 10))
-	ack, err := o.js.PublishMsg(ctx, m, jetstream.WithRetryAttempts(0))
+	ack, err := o.js.PublishMsg(ctx, m, o.noRetry)
 	if err != nil {
 		return 0, err
 	}
