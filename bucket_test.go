@@ -591,14 +591,7 @@ func TestBucketPolicyReusedBriefly(t *testing.T) {
 	_, js := srv.JetStream()
 	kv := mustCreate(t, js, BucketConfig{Bucket: uniqueBucket("cached"), TTL: 5 * time.Second})
 
-	spy := srv.Connect()
-	sub, err := spy.SubscribeSync(">")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	sub := spyAll(t, srv)
 	read := func() {
 		t.Helper()
 		if p, err := readBucketPolicy(ctx, kv); err != nil || p.maxAge != 5*time.Second {

@@ -255,14 +255,7 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 	// The spy sees every message; a sentinel write from the lease's own
 	// connection, after each operation, marks where that operation's
 	// traffic ends (messages from one connection arrive in order).
-	spy := srv.Connect()
-	sub, err := spy.SubscribeSync(">")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	sub := spyAll(t, srv)
 	prefix := "$KV." + kv.Bucket() + "."
 	count := func(op string, f func() error) {
 		t.Helper()
@@ -980,14 +973,7 @@ func TestLeaseWatchedLoserDoesNotRead(t *testing.T) {
 	winner := NewLease(kv, leaseCfg("job", "winner"))
 	mustAcquire(t, winner)
 
-	spy := srv.Connect()
-	sub, err := spy.SubscribeSync(">")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	sub := spyAll(t, srv)
 	ok, err := loser.acquire(ctx, true)
 	if _, lost := contended(err); ok || !lost {
 		t.Fatalf("watched acquire over a taken vacancy = %v, %v; want false, a contendedError", ok, err)

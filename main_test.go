@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
@@ -64,4 +65,21 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// spyAll subscribes a connection of its own to every subject on srv, so
+// that a test can count what an operation sent. Messages from one
+// connection reach it in the order they were sent, so a sentinel
+// published after an operation marks where its traffic ends.
+func spyAll(t *testing.T, srv *natstest.Server) *nats.Subscription {
+	t.Helper()
+	spy := srv.Connect()
+	sub, err := spy.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return sub
 }
