@@ -17,7 +17,7 @@ import (
 // bucketStatus returns the bucket's status with its stream info.
 func bucketStatus(t *testing.T, kv jetstream.KeyValue) *jetstream.KeyValueBucketStatus {
 	t.Helper()
-	st, err := kv.Status(testContext(t))
+	st, err := kv.Status(natstest.Context(t))
 	if err != nil {
 		t.Fatalf("Status(%s): %v", kv.Bucket(), err)
 	}
@@ -59,7 +59,7 @@ func TestGetOrCreateBucketCreatesLeaseBucket(t *testing.T) {
 			_, js := srv.JetStream()
 			cfg := c.cfg
 			cfg.Bucket = uniqueBucket("create")
-			kv, err := NewKVHelper(js, nil).GetOrCreateBucket(testContext(t), cfg)
+			kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), cfg)
 			if err != nil {
 				t.Fatalf("GetOrCreateBucket(%+v): %v", cfg, err)
 			}
@@ -104,7 +104,7 @@ func TestGetOrCreateBucketCreatesLeaseBucket(t *testing.T) {
 
 func TestGetOrCreateBucketOpensExisting(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	_, js1 := srv.JetStream()
 	for _, c := range []struct {
 		name        string
@@ -150,7 +150,7 @@ func TestGetOrCreateBucketOpensExisting(t *testing.T) {
 
 func mustKV(t *testing.T, js jetstream.JetStream, bucket string) jetstream.KeyValue {
 	t.Helper()
-	kv, err := js.KeyValue(testContext(t), bucket)
+	kv, err := js.KeyValue(natstest.Context(t), bucket)
 	if err != nil {
 		t.Fatalf("KeyValue(%s): %v", bucket, err)
 	}
@@ -159,7 +159,7 @@ func mustKV(t *testing.T, js jetstream.JetStream, bucket string) jetstream.KeyVa
 
 func TestGetOrCreateBucketMismatch(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	_, js := srv.JetStream()
 	cases := []struct {
 		name     string
@@ -229,7 +229,7 @@ func TestGetOrCreateBucketMismatch(t *testing.T) {
 
 func mustCreate(t *testing.T, js jetstream.JetStream, cfg BucketConfig) jetstream.KeyValue {
 	t.Helper()
-	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(testContext(t), cfg)
+	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), cfg)
 	if err != nil {
 		t.Fatalf("GetOrCreateBucket(%+v): %v", cfg, err)
 	}
@@ -239,7 +239,7 @@ func mustCreate(t *testing.T, js jetstream.JetStream, cfg BucketConfig) jetstrea
 func TestGetOrCreateBucketInvalidConfig(t *testing.T) {
 	srv := natstest.Start(t)
 	nc, js := srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	var nilHelper *KVHelper
 	cases := []struct {
 		name   string
@@ -292,7 +292,7 @@ func TestGetOrCreateBucketInvalidConfig(t *testing.T) {
 // bytes) are configuration errors too, and must not cost the connection.
 func TestGetOrCreateBucketNameServerRejects(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	for _, n := range []int{253, 300, 5000} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			nc, js := srv.JetStream()
@@ -323,7 +323,7 @@ func TestGetOrCreateBucketWithoutJetStream(t *testing.T) {
 	srv := natstest.Start(t, natstest.WithoutJetStream())
 	_, js := srv.JetStream()
 	start := time.Now()
-	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(testContext(t), BucketConfig{Bucket: "no_js"})
+	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), BucketConfig{Bucket: "no_js"})
 	if err == nil || kv != nil {
 		t.Fatalf("GetOrCreateBucket without JetStream = (%v, %v), want an error", kv, err)
 	}
@@ -334,7 +334,7 @@ func TestGetOrCreateBucketWithoutJetStream(t *testing.T) {
 
 func TestGetOrCreateBucketConcurrentCreate(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 
 	type result struct {
 		kv  jetstream.KeyValue
@@ -514,7 +514,7 @@ func TestBucketPolicyLeaseTTL(t *testing.T) {
 
 func TestReadBucketPolicy(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	_, js := srv.JetStream()
 
 	leaseBucket := mustCreate(t, js, BucketConfig{Bucket: uniqueBucket("policy"), TTL: 5 * time.Second})
@@ -587,7 +587,7 @@ func TestBindJetStream(t *testing.T) {
 // cached answer is older than policyCacheFor.
 func TestBucketPolicyReusedBriefly(t *testing.T) {
 	srv := natstest.Start(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	_, js := srv.JetStream()
 	kv := mustCreate(t, js, BucketConfig{Bucket: uniqueBucket("cached"), TTL: 5 * time.Second})
 

@@ -32,7 +32,7 @@ func newKVOpsFixture(t *testing.T) *kvopsFixture {
 	if ops.js == nil {
 		t.Fatal("KVOps on a bound KeyValue has no JetStream")
 	}
-	return &kvopsFixture{srv: srv, js: js, kv: kv, ops: ops, ctx: testContext(t)}
+	return &kvopsFixture{srv: srv, js: js, kv: kv, ops: ops, ctx: natstest.Context(t)}
 }
 
 // storedMsg reads revision rev straight from the bucket's stream.

@@ -458,8 +458,14 @@ func (l *Lease) read(ctx context.Context) (snapshot, error) {
 	return l.ops.latest(actx, l.cfg.Key)
 }
 
+// writeAttempt is one write, bounded by the attempt timeout.
 func (l *Lease) writeAttempt(ctx context.Context, expected uint64, anyVacant bool) (uint64, error) {
-	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
+	return l.writeBy(ctx, expected, anyVacant, time.Now().Add(l.attemptTimeout()))
+}
+
+// writeBy is one write that must be answered by the given time.
+func (l *Lease) writeBy(ctx context.Context, expected uint64, anyVacant bool, by time.Time) (uint64, error) {
+	actx, cancel := context.WithDeadline(ctx, by)
 	defer cancel()
 	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, anyVacant)
 }
@@ -469,13 +475,6 @@ func earliest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// writeBy is one renewal write that must be answered by the given time.
-func (l *Lease) writeBy(ctx context.Context, expected uint64, by time.Time) (uint64, error) {
-	actx, cancel := context.WithDeadline(ctx, by)
-	defer cancel()
-	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, false)
 }
 
 // Renew extends the lease with one revision-checked write on the
@@ -516,7 +515,7 @@ func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
 	// earlier of the attempt timeout and the safety deadline, and build
 	// the retry machinery only if it fails.
 	sentAt := time.Now()
-	newRev, err := l.writeBy(ctx, rev, earliest(deadline, sentAt.Add(l.attemptTimeout())))
+	newRev, err := l.writeBy(ctx, rev, false, earliest(deadline, sentAt.Add(l.attemptTimeout())))
 	if err == nil {
 		l.extend(gen, newRev, sentAt)
 		return true, nil
@@ -818,18 +817,18 @@ type campaign struct {
 	gen      uint64 // the holding renewed; a later one is not this loop's
 	interval time.Duration
 
-	mu        sync.Mutex
-	timer     *time.Timer
-	stopWatch func() bool // stops the context callback
-	ended     bool
-	done      chan struct{} // closed once ended (and released, if due)
+	mu     sync.Mutex
+	timer  *time.Timer
+	unhook func() bool // removes the callback on the context
+	ended  bool
+	done   chan struct{} // closed once ended (and released, if due)
 }
 
 func (c *campaign) start() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.timer = time.AfterFunc(c.interval, c.renew)
-	c.stopWatch = context.AfterFunc(c.ctx, c.onContextEnd)
+	c.unhook = context.AfterFunc(c.ctx, c.onContextEnd)
 }
 
 // renew runs on the timer's goroutine: one renewal, then the next timer.
@@ -849,7 +848,7 @@ func (c *campaign) renew() {
 	case !ok:
 		c.lease.logger.Debug("natskvlease: renewal loop ends", "error", err)
 		c.ended = true
-		c.stopWatch()
+		c.unhook()
 		close(c.done)
 	default:
 		c.timer.Reset(c.interval)
@@ -1001,7 +1000,7 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 				continue // the end of the initial values
 			}
 			l.observe(snapshotOf(e))
-			if e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value()) {
+			if l.othersWrite(e) {
 				// Held by another, and the watch is alive.
 				poll.Reset(pollInterval(l.TTL()))
 				continue
@@ -1058,6 +1057,11 @@ func (l *Lease) watch(ctx context.Context) *keyWatch {
 	return &keyWatch{w: w, cancel: cancel}
 }
 
+// othersWrite reports a watched entry that is another holder's value.
+func (l *Lease) othersWrite(e jetstream.KeyValueEntry) bool {
+	return e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value())
+}
+
 // updates is the watch's channel; nil (never ready) for no watch.
 func (k *keyWatch) updates() <-chan jetstream.KeyValueEntry {
 	if k == nil {
@@ -1080,7 +1084,7 @@ func (k *keyWatch) stopAfterHandoff(l *Lease, wait time.Duration) {
 	for {
 		select {
 		case e, ok := <-k.w.Updates():
-			if !ok || e != nil && e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value()) {
+			if !ok || e != nil && l.othersWrite(e) {
 				return
 			}
 		case <-t.C:

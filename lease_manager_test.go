@@ -17,7 +17,7 @@ import (
 func TestLeaseManagerStartStop(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	acquired, released := make(chan struct{}, 1), make(chan struct{}, 1)
 	cfg := leaseCfg("job", "m")
 	cfg.Callbacks = LeaseCallbacks{
@@ -75,9 +75,9 @@ func TestLeaseManagerContextEndReleases(t *testing.T) {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "acquisition", m.IsHeld)
+	natstest.Eventually(t, 5*time.Second, "acquisition", m.IsHeld)
 	cancel()
-	eventually(t, 5*time.Second, "release after the context ended", func() bool {
+	natstest.Eventually(t, 5*time.Second, "release after the context ended", func() bool {
 		_, err := kv.Get(context.Background(), "job")
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
@@ -89,11 +89,11 @@ func TestLeaseManagerContextEndReleases(t *testing.T) {
 // consumers counts the watchers (ordered consumers) on a bucket's stream.
 func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
 	t.Helper()
-	s, err := js.Stream(testContext(t), "KV_"+bucket)
+	s, err := js.Stream(natstest.Context(t), "KV_"+bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(testContext(t))
+	info, err := s.Info(natstest.Context(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,13 +106,13 @@ func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
 func TestLeaseManagerGracefulHandoff(t *testing.T) {
 	srv := natstest.Start(t)
 	js, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	const rounds = 7
 	holder := NewLeaseManager(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "m0"))
 	if err := holder.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "first acquisition", holder.IsHeld)
+	natstest.Eventually(t, 5*time.Second, "first acquisition", holder.IsHeld)
 	var took []time.Duration
 	lastToken := holder.Token()
 	for i := 1; i <= rounds; i++ {
@@ -125,7 +125,7 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 		}
 		// The holder's watch and the waiter's (the previous holder's ends
 		// once it has seen its successor).
-		eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 2 })
+		natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 2 })
 		start := time.Now()
 		if err := holder.Stop(ctx); err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	var lost, acquired atomic.Int32
 	cfg := leaseCfg("job", "m")
 	cfg.Callbacks.OnLost = func() { lost.Add(1) }
@@ -172,16 +172,16 @@ func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = m.Stop(context.Background()) }()
-	eventually(t, 5*time.Second, "acquisition", func() bool { return acquired.Load() == 1 })
+	natstest.Eventually(t, 5*time.Second, "acquisition", func() bool { return acquired.Load() == 1 })
 	first := m.Token()
 	if _, err := kv.Put(ctx, "job", []byte("intruder")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Second, "loss noticed through the watch", func() bool { return !m.IsHeld() && lost.Load() == 1 })
+	natstest.Eventually(t, time.Second, "loss noticed through the watch", func() bool { return !m.IsHeld() && lost.Load() == 1 })
 	if err := kv.Delete(ctx, "job"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Second, "re-acquisition on the delete marker", func() bool { return acquired.Load() == 2 && m.IsHeld() })
+	natstest.Eventually(t, time.Second, "re-acquisition on the delete marker", func() bool { return acquired.Load() == 2 && m.IsHeld() })
 	if m.Token() <= first {
 		t.Fatalf("token %d after %d", m.Token(), first)
 	}
@@ -193,12 +193,12 @@ func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
 func TestLeaseManagerCrowdTakesTurns(t *testing.T) {
 	srv := natstest.Start(t)
 	js, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	holder := NewLeaseManager(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "holder"))
 	if err := holder.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the holder", holder.IsHeld)
+	natstest.Eventually(t, 5*time.Second, "the holder", holder.IsHeld)
 	shared := openBucket(t, srv, kv.Bucket()) // bound: from GetOrCreateBucket
 	const crowd = 10
 	acquired := make(chan int, crowd)
@@ -212,7 +212,7 @@ func TestLeaseManagerCrowdTakesTurns(t *testing.T) {
 		}
 	}
 	// The holder's watch and one of the crowd's.
-	eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 2 })
+	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 2 })
 	for i := range 20 {
 		if n := consumers(t, js, kv.Bucket()); n != 2 {
 			t.Fatalf("check %d: %d watches (holder and %d waiters of one KeyValue); want 2", i, n, crowd)

@@ -24,7 +24,7 @@ func leaseCfg(key, owner string) LeaseConfig {
 
 func mustAcquire(t *testing.T, l *Lease) uint64 {
 	t.Helper()
-	ok, err := l.Acquire(testContext(t))
+	ok, err := l.Acquire(natstest.Context(t))
 	if err != nil || !ok {
 		t.Fatalf("Acquire = %v, %v; want true, nil", ok, err)
 	}
@@ -56,7 +56,7 @@ func TestLeaseBadConfig(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx := testContext(t)
+			ctx := natstest.Context(t)
 			l := NewLease(tc.kv, tc.cfg)
 			var cerr *ConfigError
 			if _, err := l.Acquire(ctx); !errors.Is(err, ErrInvalidConfig) || !errors.As(err, &cerr) {
@@ -89,7 +89,7 @@ func TestLeaseBadConfig(t *testing.T) {
 func TestLeaseTTLTheBucketCannotHonour(t *testing.T) {
 	srv := natstest.Start(t)
 	js, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	// A bucket with neither MaxAge nor markers: nothing would expire a lease.
 	plain, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "plain", Storage: jetstream.MemoryStorage})
 	if err != nil {
@@ -151,7 +151,7 @@ func TestLeaseAcquireRenewRelease(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
 	other := openBucket(t, srv, kv.Bucket())
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 
 	a := NewLease(kv, leaseCfg("job", "a"))
 	b := NewLease(other, leaseCfg("job", "b"))
@@ -207,7 +207,7 @@ func TestLeaseAcquireRenewRelease(t *testing.T) {
 func TestLeaseRenewTakenOver(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	var lost atomic.Int32
 	cfg := leaseCfg("job", "a")
 	cfg.Callbacks.OnLost = func() { lost.Add(1) }
@@ -229,7 +229,7 @@ func TestLeaseRenewTakenOver(t *testing.T) {
 	default:
 		t.Fatal("Done not closed after loss")
 	}
-	eventually(t, 5*time.Second, "OnLost", func() bool { return lost.Load() == 1 })
+	natstest.Eventually(t, 5*time.Second, "OnLost", func() bool { return lost.Load() == 1 })
 	if e, _ := kv.Get(ctx, "job"); string(e.Value()) != "intruder" {
 		t.Fatalf("the loser overwrote the new owner: %q", e.Value())
 	}
@@ -247,7 +247,7 @@ func TestLeaseRenewTakenOver(t *testing.T) {
 func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	own := openBucket(t, srv, kv.Bucket()) // the lease's own connection
 	l := NewLease(own, leaseCfg("job", "a"))
 	mustAcquire(t, l) // learns the bucket's TTL policy and the key
@@ -300,7 +300,7 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 func TestLeaseNeverTwoHolders(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 2*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	const contenders, rounds = 5, 15
 	leases := make([]*Lease, contenders)
 	for i := range leases {
@@ -355,7 +355,7 @@ func TestLeaseNeverTwoHolders(t *testing.T) {
 func TestLeaseStopsBelievingBeforeServerExpiry(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	a := NewLease(kv, leaseCfg("job", "a"))
 	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
 	mustAcquire(t, a)
@@ -393,7 +393,7 @@ func TestLeaseHolderDiesServerExpires(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
 	nc, js := srv.JetStream()
-	deadKV, err := js.KeyValue(testContext(t), kv.Bucket())
+	deadKV, err := js.KeyValue(natstest.Context(t), kv.Bucket())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestLeaseHolderDiesServerExpires(t *testing.T) {
 	cfg := leaseCfg("job", "waiter")
 	cfg.Callbacks.OnAcquired = func() { acquired <- time.Now() }
 	m := NewLeaseManager(openBucket(t, srv, kv.Bucket()), cfg)
-	if err := m.Start(testContext(t)); err != nil {
+	if err := m.Start(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = m.Stop(context.Background()) }()
@@ -427,7 +427,7 @@ func TestLeaseHolderDiesServerExpires(t *testing.T) {
 func TestLeaseRenewalsKeepItAlive(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	var renewed atomic.Int32
 	cfg := leaseCfg("job", "a")
 	cfg.Callbacks.OnRenewed = func() { renewed.Add(1) }
@@ -482,7 +482,7 @@ func TestLeaseRenewCarriesPerMessageTTL(t *testing.T) {
 	// per-message TTL on each renewal can expire it in time.
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Minute)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	a := NewLease(kv, LeaseConfig{Key: "job", Value: []byte("a"), TTL: time.Second})
 	mustAcquire(t, a)
 	for range 3 {
@@ -491,7 +491,7 @@ func TestLeaseRenewCarriesPerMessageTTL(t *testing.T) {
 		}
 	}
 	renewedAt := time.Now()
-	eventually(t, 5*time.Second, "server expiry of a renewed lease", func() bool {
+	natstest.Eventually(t, 5*time.Second, "server expiry of a renewed lease", func() bool {
 		_, err := kv.Get(ctx, "job")
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
@@ -503,7 +503,7 @@ func TestLeaseRenewCarriesPerMessageTTL(t *testing.T) {
 func TestLeaseCallbacksInOrder(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	var mu sync.Mutex
 	var events []string
 	rec := func(s string) func() {
@@ -523,7 +523,7 @@ func TestLeaseCallbacksInOrder(t *testing.T) {
 	}
 	mustAcquire(t, l)
 	// Let it lapse: no renewals. The watchdog ends it at the deadline.
-	eventually(t, 3*time.Second, "loss at the safety deadline", func() bool {
+	natstest.Eventually(t, 3*time.Second, "loss at the safety deadline", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(events) == 6
@@ -542,7 +542,7 @@ func TestLeaseCallbacksInOrder(t *testing.T) {
 func TestLeaseSlowCallbackDoesNotDelayRenewal(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	unblock := make(chan struct{})
 	cfg := leaseCfg("job", "a")
 	cfg.Callbacks.OnAcquired = func() { <-unblock }
@@ -617,7 +617,7 @@ func TestLeaseRunCampingLifecycle(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no OnReleased after the context ended")
 		}
-		eventually(t, 2*time.Second, "the key deleted", func() bool {
+		natstest.Eventually(t, 2*time.Second, "the key deleted", func() bool {
 			_, err := kv.Get(context.Background(), "job")
 			return errors.Is(err, jetstream.ErrKeyNotFound)
 		})
@@ -629,7 +629,7 @@ func TestLeaseRunCampingLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		tok := l.Token()
-		if ok, err := l.RunCamping(testContext(t)); !ok {
+		if ok, err := l.RunCamping(natstest.Context(t)); !ok {
 			t.Fatal(err)
 		}
 		if l.Token() != tok {
@@ -651,10 +651,10 @@ func TestLeaseRunCampingLifecycle(t *testing.T) {
 		}
 	})
 	t.Run("Release stops the loop", func(t *testing.T) {
-		if ok, err := l.RunCamping(testContext(t)); !ok {
+		if ok, err := l.RunCamping(natstest.Context(t)); !ok {
 			t.Fatal(err)
 		}
-		if err := l.Release(testContext(t)); err != nil {
+		if err := l.Release(natstest.Context(t)); err != nil {
 			t.Fatal(err)
 		}
 		<-released
@@ -664,7 +664,7 @@ func TestLeaseRunCampingLifecycle(t *testing.T) {
 func TestLeaseUnboundKeyValueFallsBackToMaxAge(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "aged", TTL: time.Second, Storage: jetstream.MemoryStorage})
 	if err != nil {
 		t.Fatal(err)
@@ -703,7 +703,7 @@ func TestLeaseUnboundKeyValueFallsBackToMaxAge(t *testing.T) {
 func TestLeaseUpdateValue(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	l := NewLease(kv, leaseCfg("job", "v1"))
 	mustAcquire(t, l)
 	l.UpdateValue([]byte("v2"))
@@ -727,7 +727,7 @@ func faultyLease(t *testing.T, srv *natstest.Server, bucket string, cfg LeaseCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(testContext(t), bucket)
+	kv, err := js.KeyValue(natstest.Context(t), bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -741,7 +741,7 @@ func faultyLease(t *testing.T, srv *natstest.Server, bucket string, cfg LeaseCon
 func TestLeaseLostAnswerIsAdopted(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 3*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	l, p := faultyLease(t, srv, kv.Bucket(), leaseCfg("job", "a"))
 	tok := mustAcquire(t, l)
 
@@ -754,7 +754,7 @@ func TestLeaseLostAnswerIsAdopted(t *testing.T) {
 	done := make(chan result, 1)
 	go func() { ok, err := l.Renew(ctx); done <- result{ok, err} }()
 	var appliedSeen time.Time
-	eventually(t, 2*time.Second, "the renewal applied on the server", func() bool {
+	natstest.Eventually(t, 2*time.Second, "the renewal applied on the server", func() bool {
 		e, err := kv.Get(ctx, "job")
 		if err == nil && e.Revision() > tok {
 			appliedSeen = time.Now()
@@ -832,7 +832,7 @@ func TestLeaseHangingRenewLosesAtDeadline(t *testing.T) {
 	// The other side: another lease acquires only after the server
 	// expired the key, i.e. after our deadline.
 	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
-	if err := b.AcquireWait(testContext(t)); err != nil {
+	if err := b.AcquireWait(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	if time.Now().Before(deadline) {
@@ -848,7 +848,7 @@ func TestLeaseAbandonedAcquireLeavesNothing(t *testing.T) {
 	_, kv := testBucket(t, srv, 10*time.Second)
 	l, p := faultyLease(t, srv, kv.Bucket(), leaseCfg("job", "a"))
 	mustAcquire(t, l)
-	if err := l.Release(testContext(t)); err != nil { // the lease now knows the marker: Acquire is one write
+	if err := l.Release(natstest.Context(t)); err != nil { // the lease now knows the marker: Acquire is one write
 		t.Fatal(err)
 	}
 	p.SetDelay(300 * time.Millisecond)
@@ -862,7 +862,7 @@ func TestLeaseAbandonedAcquireLeavesNothing(t *testing.T) {
 	if l.IsHeld() {
 		t.Fatal("held after a failed Acquire")
 	}
-	if e, err := kv.Get(testContext(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if e, err := kv.Get(natstest.Context(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("the abandoned write is still on the server: %v, %v", e, err)
 	}
 	b := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "b"))
@@ -895,13 +895,13 @@ func TestLeaseRenewCancelledIsNotALoss(t *testing.T) {
 		t.Fatal("an abandoned renewal ended the holding")
 	}
 	p.SetDelay(0)
-	if err := l.Release(testContext(t)); err != nil {
+	if err := l.Release(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Get(testContext(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if _, err := kv.Get(natstest.Context(t), "job"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("key not deleted: %v", err)
 	}
-	eventually(t, 2*time.Second, "callbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(events) == 2 })
+	natstest.Eventually(t, 2*time.Second, "callbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(events) == 2 })
 	mu.Lock()
 	defer mu.Unlock()
 	if got := fmt.Sprint(events); got != "[acquired released]" {
@@ -915,7 +915,7 @@ func TestLeaseRunCampingHoldsNoGoroutine(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, time.Second)
 	const n = 40
-	ctx, cancel := context.WithCancel(testContext(t))
+	ctx, cancel := context.WithCancel(natstest.Context(t))
 	defer cancel()
 	before := runtime.NumGoroutine()
 	leases := make([]*Lease, n)
@@ -928,7 +928,7 @@ func TestLeaseRunCampingHoldsNoGoroutine(t *testing.T) {
 		first[i] = leases[i].Token()
 	}
 	// Each renewal moves the key's revision past the acquiring one.
-	eventually(t, 10*time.Second, "every lease renewed", func() bool {
+	natstest.Eventually(t, 10*time.Second, "every lease renewed", func() bool {
 		for i, l := range leases {
 			e, err := kv.Get(ctx, fmt.Sprintf("job.%d", i))
 			if err != nil || e.Revision() <= first[i] || !l.IsHeld() {
@@ -947,7 +947,7 @@ func TestLeaseRunCampingHoldsNoGoroutine(t *testing.T) {
 			t.Fatalf("lease %d held after its context ended", i)
 		}
 	}
-	eventually(t, 5*time.Second, "every key released", func() bool {
+	natstest.Eventually(t, 5*time.Second, "every key released", func() bool {
 		for i := range leases {
 			if _, err := kv.Get(context.Background(), fmt.Sprintf("job.%d", i)); !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return false
@@ -963,7 +963,7 @@ func TestLeaseRunCampingHoldsNoGoroutine(t *testing.T) {
 func TestLeaseWatchedLoserDoesNotRead(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	own := openBucket(t, srv, kv.Bucket())
 	loser := NewLease(own, leaseCfg("job", "loser"))
 	mustAcquire(t, loser)
@@ -1011,7 +1011,7 @@ func TestLeaseWatchedLoserDoesNotRead(t *testing.T) {
 func TestLeaseRevision(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	a := NewLease(kv, leaseCfg("job", "a"))
 	if a.Revision() != 0 {
 		t.Fatalf("Revision before any operation = %d, want 0", a.Revision())
@@ -1052,7 +1052,7 @@ func TestLeaseRevision(t *testing.T) {
 func TestLeaseWatchedLossWithNothingInFlight(t *testing.T) {
 	srv := natstest.Start(t)
 	_, kv := testBucket(t, srv, 10*time.Second)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	l := NewLease(kv, leaseCfg("job", "late"))
 	mustAcquire(t, l)
 	if err := l.Release(ctx); err != nil { // l now knows the marker

@@ -1,7 +1,6 @@
 package natskvlease
 
 import (
-	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -25,7 +24,7 @@ var bucketSeq atomic.Int64
 func testBucket(t *testing.T, srv *natstest.Server, ttl time.Duration) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
 	_, js := srv.JetStream()
-	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(testContext(t), BucketConfig{
+	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), BucketConfig{
 		Bucket: fmt.Sprintf("leases_%d", bucketSeq.Add(1)),
 		TTL:    ttl,
 	})
@@ -40,31 +39,11 @@ func testBucket(t *testing.T, srv *natstest.Server, ttl time.Duration) (jetstrea
 func openBucket(t *testing.T, srv *natstest.Server, bucket string) jetstream.KeyValue {
 	t.Helper()
 	_, js := srv.JetStream()
-	kv, err := js.KeyValue(testContext(t), bucket)
+	kv, err := js.KeyValue(natstest.Context(t), bucket)
 	if err != nil {
 		t.Fatalf("open bucket %s: %v", bucket, err)
 	}
 	return BindJetStream(kv, js)
-}
-
-// testContext ends with the test, or after a minute as a backstop.
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// eventually polls cond every few milliseconds until it holds or the
-// timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // spyAll subscribes a connection of its own to every subject on srv, so

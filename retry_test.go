@@ -412,7 +412,7 @@ func TestIsTransient(t *testing.T) {
 func TestIsTransientRealErrors(t *testing.T) {
 	srv := natstest.Start(t)
 	nc, js := srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 
 	_, err := nc.Request("nobody.listens.here", nil, 5*time.Second)
 	if !errors.Is(err, nats.ErrNoResponders) || !IsTransient(err) {

@@ -141,13 +141,13 @@ func TestValidateJetStreamEnabled(t *testing.T) {
 		srv := natstest.Start(t)
 		_, js := srv.JetStream()
 		h := &slogRecordCounter{}
-		if err := ValidateJetStreamEnabled(testContext(t), js, slog.New(h)); err != nil {
+		if err := ValidateJetStreamEnabled(natstest.Context(t), js, slog.New(h)); err != nil {
 			t.Fatalf("ValidateJetStreamEnabled = %v, want nil", err)
 		}
 		if n := len(h.snapshot()); n != 0 {
 			t.Fatalf("logged %d records on success, want 0", n)
 		}
-		if err := ValidateJetStreamEnabled(testContext(t), js, nil); err != nil {
+		if err := ValidateJetStreamEnabled(natstest.Context(t), js, nil); err != nil {
 			t.Fatalf("ValidateJetStreamEnabled(nil logger) = %v, want nil", err)
 		}
 	})
@@ -155,7 +155,7 @@ func TestValidateJetStreamEnabled(t *testing.T) {
 		srv := natstest.Start(t, natstest.WithoutJetStream())
 		_, js := srv.JetStream()
 		h := &slogRecordCounter{}
-		err := ValidateJetStreamEnabled(testContext(t), js, slog.New(h))
+		err := ValidateJetStreamEnabled(natstest.Context(t), js, slog.New(h))
 		if err == nil {
 			t.Fatal("ValidateJetStreamEnabled on a server without JetStream = nil, want an error")
 		}
@@ -174,7 +174,7 @@ func TestValidateJetStreamEnabled(t *testing.T) {
 		}
 
 		// A nil logger is allowed and only skips the log line.
-		if err := ValidateJetStreamEnabled(testContext(t), js, nil); err == nil {
+		if err := ValidateJetStreamEnabled(natstest.Context(t), js, nil); err == nil {
 			t.Fatal("ValidateJetStreamEnabled(nil logger) on a server without JetStream = nil")
 		}
 	})

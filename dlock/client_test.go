@@ -19,26 +19,26 @@ func TestCloseReleasesLocks(t *testing.T) {
 	b, _ := e.client()
 	l1 := mustLock(t, a, "k1")
 	l2 := mustLock(t, a, "k2")
-	if _, err := b.TryLock(testContext(t), "k1"); !errors.Is(err, dlock.ErrLocked) {
+	if _, err := b.TryLock(natstest.Context(t), "k1"); !errors.Is(err, dlock.ErrLocked) {
 		t.Fatalf("TryLock on a held key: %v", err)
 	}
-	if err := a.Close(testContext(t)); err != nil {
+	if err := a.Close(natstest.Context(t)); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	for _, l := range []*dlock.Lock{l1, l2} {
 		if l.Context().Err() == nil || isClosed(l.Lost()) {
 			t.Fatalf("after Close: Context err %v, Lost closed %v", l.Context().Err(), isClosed(l.Lost()))
 		}
-		bl, err := b.TryLock(testContext(t), l.Key())
+		bl, err := b.TryLock(natstest.Context(t), l.Key())
 		if err != nil {
 			t.Fatalf("TryLock %s after Close: %v", l.Key(), err)
 		}
-		_ = bl.Unlock(testContext(t))
-		if err := l.Unlock(testContext(t)); err != nil {
+		_ = bl.Unlock(natstest.Context(t))
+		if err := l.Unlock(natstest.Context(t)); err != nil {
 			t.Fatalf("Unlock after Close: %v", err)
 		}
 	}
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	calls := map[string]error{}
 	_, calls["Lock"] = a.Lock(ctx, "k3")
 	_, calls["TryLock"] = a.TryLock(ctx, "k3")
@@ -61,11 +61,11 @@ func TestCloseAbortsWaiters(t *testing.T) {
 	l := mustLock(t, b, "w")
 	errc := make(chan error, 1)
 	go func() {
-		_, err := a.Lock(testContext(t), "w")
+		_, err := a.Lock(natstest.Context(t), "w")
 		errc <- err
 	}()
-	eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
-	if err := a.Close(testContext(t)); err != nil {
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	if err := a.Close(natstest.Context(t)); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	select {
@@ -76,7 +76,7 @@ func TestCloseAbortsWaiters(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiting Lock not aborted by Close")
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 }
@@ -85,7 +85,7 @@ func TestBadInputs(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	c, _ := e.client()
 	_, js := e.srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	newWith := func(js jetstream.JetStream, opts ...dlock.Option) error {
 		c, err := dlock.New(ctx, js, opts...)
 		if err == nil {
@@ -125,7 +125,7 @@ func second[T any](_ T, err error) error { return err }
 func TestNewChecksServer(t *testing.T) {
 	srv := natstest.Start(t, natstest.WithoutJetStream())
 	_, js := srv.JetStream()
-	ctx, cancel := context.WithTimeout(testContext(t), 10*time.Second)
+	ctx, cancel := context.WithTimeout(natstest.Context(t), 10*time.Second)
 	defer cancel()
 	if _, err := dlock.New(ctx, js); err == nil {
 		t.Fatal("New against a server without JetStream succeeded")
@@ -138,7 +138,7 @@ func TestNewBucketMismatch(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	e.client() // creates the bucket with a 2s TTL
 	_, js := e.srv.JetStream()
-	_, err := dlock.New(testContext(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(3*time.Second))
+	_, err := dlock.New(natstest.Context(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(3*time.Second))
 	if !errors.Is(err, natskvlease.ErrBucketMismatch) {
 		t.Fatalf("New with another TTL: %v, want ErrBucketMismatch", err)
 	}
@@ -147,7 +147,7 @@ func TestNewBucketMismatch(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	c, err := dlock.New(ctx, js)
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/natskvlease/natskvlease/dlock"
+	"github.com/natskvlease/natskvlease/internal/natstest"
 )
 
 func TestDo(t *testing.T) {
@@ -15,7 +16,7 @@ func TestDo(t *testing.T) {
 	other, _ := e.client()
 	boom := errors.New("boom")
 	var got uint64
-	err := c.Do(testContext(t), "do", func(ctx context.Context, token uint64) error {
+	err := c.Do(natstest.Context(t), "do", func(ctx context.Context, token uint64) error {
 		got = token
 		h, err := other.Holder(ctx, "do")
 		if err != nil || h.Token != token {
@@ -33,14 +34,14 @@ func TestDo(t *testing.T) {
 		t.Fatal("fn got no token")
 	}
 	// Unlocked on return: another client takes it at once.
-	l, err := other.TryLock(testContext(t), "do")
+	l, err := other.TryLock(natstest.Context(t), "do")
 	if err != nil {
 		t.Fatalf("TryLock after Do: %v", err)
 	}
 	if l.Token() <= got {
 		t.Fatalf("token %d after Do's %d", l.Token(), got)
 	}
-	_ = l.Unlock(testContext(t))
+	_ = l.Unlock(natstest.Context(t))
 }
 
 func TestDoUnlocksOnPanic(t *testing.T) {
@@ -53,13 +54,13 @@ func TestDoUnlocksOnPanic(t *testing.T) {
 				t.Fatalf("recovered %v, want the fn's panic", r)
 			}
 		}()
-		_ = c.Do(testContext(t), "p", func(context.Context, uint64) error { panic("oops") })
+		_ = c.Do(natstest.Context(t), "p", func(context.Context, uint64) error { panic("oops") })
 	}()
-	l, err := other.TryLock(testContext(t), "p")
+	l, err := other.TryLock(natstest.Context(t), "p")
 	if err != nil {
 		t.Fatalf("TryLock after a panicking Do: %v", err)
 	}
-	_ = l.Unlock(testContext(t))
+	_ = l.Unlock(natstest.Context(t))
 }
 
 // Do cancels fn's context when the lock is lost, and reports the loss
@@ -71,7 +72,7 @@ func TestDoCancelsOnLoss(t *testing.T) {
 	var cause error
 	done := make(chan error, 1)
 	go func() {
-		done <- c.Do(testContext(t), "work", func(ctx context.Context, _ uint64) error {
+		done <- c.Do(natstest.Context(t), "work", func(ctx context.Context, _ uint64) error {
 			close(started)
 			<-ctx.Done()
 			cause = context.Cause(ctx)
@@ -100,7 +101,7 @@ func TestDoCancelsOnLoss(t *testing.T) {
 func TestDoCallerContext(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	c, _ := e.client()
-	ctx, cancel := context.WithCancel(testContext(t))
+	ctx, cancel := context.WithCancel(natstest.Context(t))
 	err := c.Do(ctx, "caller", func(ctx context.Context, _ uint64) error {
 		cancel()
 		<-ctx.Done()
@@ -109,9 +110,9 @@ func TestDoCallerContext(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Do: %v, want context.Canceled only", err)
 	}
-	l, err := c.TryLock(testContext(t), "caller")
+	l, err := c.TryLock(natstest.Context(t), "caller")
 	if err != nil {
 		t.Fatalf("TryLock after Do: %v", err)
 	}
-	_ = l.Unlock(testContext(t))
+	_ = l.Unlock(natstest.Context(t))
 }

@@ -42,7 +42,7 @@ func newEnv(t *testing.T, ttl time.Duration) *env {
 func (e *env) client() (*dlock.Client, *nats.Conn) {
 	e.t.Helper()
 	nc, js := e.srv.JetStream()
-	c, err := dlock.New(testContext(e.t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(e.ttl))
+	c, err := dlock.New(natstest.Context(e.t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(e.ttl))
 	if err != nil {
 		e.t.Fatalf("dlock.New: %v", err)
 	}
@@ -59,41 +59,21 @@ func (e *env) client() (*dlock.Client, *nats.Conn) {
 func (e *env) consumers() int {
 	e.t.Helper()
 	_, js := e.srv.JetStream()
-	s, err := js.Stream(testContext(e.t), "KV_"+e.bucket)
+	s, err := js.Stream(natstest.Context(e.t), "KV_"+e.bucket)
 	if err != nil {
 		e.t.Fatalf("stream: %v", err)
 	}
-	info, err := s.Info(testContext(e.t))
+	info, err := s.Info(natstest.Context(e.t))
 	if err != nil {
 		e.t.Fatalf("stream info: %v", err)
 	}
 	return info.State.Consumers
 }
 
-// testContext ends with the test, or after a minute as a backstop.
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// eventually polls cond every few milliseconds until it holds or the
-// timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // mustLock locks key or fails the test.
 func mustLock(t *testing.T, c *dlock.Client, key string) *dlock.Lock {
 	t.Helper()
-	l, err := c.Lock(testContext(t), key)
+	l, err := c.Lock(natstest.Context(t), key)
 	if err != nil {
 		t.Fatalf("Lock(%q): %v", key, err)
 	}

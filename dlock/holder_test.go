@@ -7,17 +7,18 @@ import (
 	"time"
 
 	"github.com/natskvlease/natskvlease/dlock"
+	"github.com/natskvlease/natskvlease/internal/natstest"
 )
 
 func TestHolder(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	c, _ := e.client()
-	if _, err := c.Holder(testContext(t), "h"); !errors.Is(err, dlock.ErrNotLocked) {
+	if _, err := c.Holder(natstest.Context(t), "h"); !errors.Is(err, dlock.ErrNotLocked) {
 		t.Fatalf("Holder of a free key: %v, want ErrNotLocked", err)
 	}
 	before := time.Now()
 	l := mustLock(t, c, "h")
-	h, err := c.Holder(testContext(t), "h")
+	h, err := c.Holder(natstest.Context(t), "h")
 	if err != nil {
 		t.Fatalf("Holder: %v", err)
 	}
@@ -32,8 +33,8 @@ func TestHolder(t *testing.T) {
 		t.Fatalf("AcquiredAt %v, lock taken at about %v", h.AcquiredAt, before)
 	}
 	// After a renewal the token and acquisition time are still reported.
-	eventually(t, 10*time.Second, "a renewal", func() bool {
-		h, err = c.Holder(testContext(t), "h")
+	natstest.Eventually(t, 10*time.Second, "a renewal", func() bool {
+		h, err = c.Holder(natstest.Context(t), "h")
 		return err == nil && h.Revision > l.Token()
 	})
 	if h.Owner != l.Owner() || h.Token != l.Token() || h.TimeLeft <= 0 || h.TimeLeft > e.ttl {
@@ -42,10 +43,10 @@ func TestHolder(t *testing.T) {
 	if d := h.AcquiredAt.Sub(before); d < -time.Second || d > 5*time.Second {
 		t.Fatalf("AcquiredAt after renewal %v, lock taken at about %v", h.AcquiredAt, before)
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
-	if _, err := c.Holder(testContext(t), "h"); !errors.Is(err, dlock.ErrNotLocked) {
+	if _, err := c.Holder(natstest.Context(t), "h"); !errors.Is(err, dlock.ErrNotLocked) {
 		t.Fatalf("Holder after Unlock: %v, want ErrNotLocked", err)
 	}
 }
@@ -58,8 +59,8 @@ func TestHolderAfterExpiry(t *testing.T) {
 	l := mustLock(t, c, "x")
 	nc.Close()
 	waitClosed(t, l.Lost(), e.ttl+time.Second, "Lost")
-	eventually(t, e.ttl+2*time.Second, "expiry", func() bool {
-		_, err := observer.Holder(testContext(t), "x")
+	natstest.Eventually(t, e.ttl+2*time.Second, "expiry", func() bool {
+		_, err := observer.Holder(natstest.Context(t), "x")
 		return errors.Is(err, dlock.ErrNotLocked)
 	})
 }

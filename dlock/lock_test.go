@@ -28,7 +28,7 @@ func TestLockUnlock(t *testing.T) {
 	if err := l.Context().Err(); err != nil {
 		t.Fatalf("Context of a held lock: %v", err)
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 	if !errors.Is(l.Context().Err(), context.Canceled) || !errors.Is(context.Cause(l.Context()), context.Canceled) {
@@ -37,14 +37,14 @@ func TestLockUnlock(t *testing.T) {
 	if isClosed(l.Lost()) {
 		t.Fatal("Lost closed by Unlock")
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("second Unlock: %v", err)
 	}
 	l2 := mustLock(t, c, "jobs.a")
 	if l2.Token() <= l.Token() {
 		t.Fatalf("token went from %d to %d", l.Token(), l2.Token())
 	}
-	if err := l2.Unlock(testContext(t)); err != nil {
+	if err := l2.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 }
@@ -67,7 +67,7 @@ func TestNoOverlap(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx := testContext(t)
+			ctx := natstest.Context(t)
 			for r := range rounds {
 				l, err := c.Lock(ctx, "shared")
 				if err != nil {
@@ -116,22 +116,22 @@ func TestHandoffLatency(t *testing.T) {
 	waiter, _ := e.client()
 	var fromCall, fromReturn []time.Duration
 	for range rounds {
-		eventually(t, 10*time.Second, "no watch consumers left", func() bool { return e.consumers() == 0 })
+		natstest.Eventually(t, 10*time.Second, "no watch consumers left", func() bool { return e.consumers() == 0 })
 		l := mustLock(t, holder, "handoff")
-		eventually(t, 10*time.Second, "no watch consumers left", func() bool { return e.consumers() == 0 })
+		natstest.Eventually(t, 10*time.Second, "no watch consumers left", func() bool { return e.consumers() == 0 })
 		got := make(chan time.Time, 1)
 		var wl *dlock.Lock
 		go func() {
 			var err error
-			wl, err = waiter.Lock(testContext(t), "handoff")
+			wl, err = waiter.Lock(natstest.Context(t), "handoff")
 			if err != nil {
 				t.Errorf("waiter Lock: %v", err)
 			}
 			got <- time.Now()
 		}()
-		eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+		natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
 		called := time.Now()
-		if err := l.Unlock(testContext(t)); err != nil {
+		if err := l.Unlock(natstest.Context(t)); err != nil {
 			t.Fatalf("Unlock: %v", err)
 		}
 		returned := time.Now()
@@ -141,7 +141,7 @@ func TestHandoffLatency(t *testing.T) {
 		}
 		fromCall = append(fromCall, at.Sub(called))
 		fromReturn = append(fromReturn, max(at.Sub(returned), 0))
-		if err := wl.Unlock(testContext(t)); err != nil {
+		if err := wl.Unlock(natstest.Context(t)); err != nil {
 			t.Fatalf("waiter Unlock: %v", err)
 		}
 	}
@@ -181,7 +181,7 @@ func TestConnectionLossCancelsBeforeHandoff(t *testing.T) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		wl, err := waiter.Lock(testContext(t), "conn")
+		wl, err := waiter.Lock(natstest.Context(t), "conn")
 		r := result{l: wl, at: time.Now(), seen: err == nil}
 		// What the old holder knew when the waiter got the lock.
 		r.ctxDone, r.lostClosed = l.Context().Err() != nil, isClosed(l.Lost())
@@ -190,7 +190,7 @@ func TestConnectionLossCancelsBeforeHandoff(t *testing.T) {
 		}
 		res <- r
 	}()
-	eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
 	killed := time.Now()
 	hnc.Close()
 
@@ -221,10 +221,10 @@ func TestConnectionLossCancelsBeforeHandoff(t *testing.T) {
 	if r.l.Token() <= l.Token() {
 		t.Fatalf("new token %d not above old %d", r.l.Token(), l.Token())
 	}
-	if err := l.Unlock(testContext(t)); !errors.Is(err, dlock.ErrLockLost) {
+	if err := l.Unlock(natstest.Context(t)); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Unlock of a lost lock: %v, want ErrLockLost", err)
 	}
-	if err := r.l.Unlock(testContext(t)); err != nil {
+	if err := r.l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 }
@@ -238,8 +238,8 @@ func TestRenewalKeepsLock(t *testing.T) {
 	start := time.Now()
 	var rev uint64
 	renewals := 0
-	eventually(t, 10*time.Second, "three renewals and 2.5 TTLs", func() bool {
-		h, err := c.Holder(testContext(t), "long")
+	natstest.Eventually(t, 10*time.Second, "three renewals and 2.5 TTLs", func() bool {
+		h, err := c.Holder(natstest.Context(t), "long")
 		if err != nil {
 			t.Fatalf("Holder: %v", err)
 		}
@@ -249,13 +249,13 @@ func TestRenewalKeepsLock(t *testing.T) {
 		}
 		return renewals > 3 && time.Since(start) > 5*e.ttl/2
 	})
-	if _, err := other.TryLock(testContext(t), "long"); !errors.Is(err, dlock.ErrLocked) {
+	if _, err := other.TryLock(natstest.Context(t), "long"); !errors.Is(err, dlock.ErrLocked) {
 		t.Fatalf("TryLock on a renewed lock: %v, want ErrLocked", err)
 	}
 	if err := l.Context().Err(); err != nil || isClosed(l.Lost()) {
 		t.Fatalf("renewed lock ended: %v", context.Cause(l.Context()))
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 }
@@ -265,31 +265,31 @@ func TestLockContextEnds(t *testing.T) {
 	c, _ := e.client()
 	other, _ := e.client()
 	l := mustLock(t, c, "busy")
-	ctx, cancel := context.WithTimeout(testContext(t), 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(natstest.Context(t), 100*time.Millisecond)
 	defer cancel()
 	if _, err := other.Lock(ctx, "busy"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Lock with an expiring context: %v, want DeadlineExceeded", err)
 	}
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 	// The abandoned attempt left nothing behind.
-	l2, err := other.TryLock(testContext(t), "busy")
+	l2, err := other.TryLock(natstest.Context(t), "busy")
 	if err != nil {
 		t.Fatalf("TryLock after Unlock: %v", err)
 	}
-	_ = l2.Unlock(testContext(t))
+	_ = l2.Unlock(natstest.Context(t))
 }
 
 func TestTryLock(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
 	a, _ := e.client()
 	b, _ := e.client()
-	l, err := a.TryLock(testContext(t), "try")
+	l, err := a.TryLock(natstest.Context(t), "try")
 	if err != nil {
 		t.Fatalf("TryLock on a free key: %v", err)
 	}
-	_, err = b.TryLock(testContext(t), "try")
+	_, err = b.TryLock(natstest.Context(t), "try")
 	var le *dlock.LockedError
 	if !errors.Is(err, dlock.ErrLocked) || !errors.As(err, &le) {
 		t.Fatalf("TryLock on a held key: %v, want a *LockedError", err)
@@ -298,17 +298,17 @@ func TestTryLock(t *testing.T) {
 		t.Fatalf("LockedError %+v, want owner %s token %d", le, l.Owner(), l.Token())
 	}
 	t.Logf("error: %v", err)
-	if err := l.Unlock(testContext(t)); err != nil {
+	if err := l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
-	l2, err := b.TryLock(testContext(t), "try")
+	l2, err := b.TryLock(natstest.Context(t), "try")
 	if err != nil {
 		t.Fatalf("TryLock after Unlock: %v", err)
 	}
 	if l2.Token() <= l.Token() {
 		t.Fatalf("token went from %d to %d", l.Token(), l2.Token())
 	}
-	if err := l2.Unlock(testContext(t)); err != nil {
+	if err := l2.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
 }
@@ -323,7 +323,7 @@ func TestStalledConnectionCancelsBeforeHandoff(t *testing.T) {
 	if err != nil {
 		t.Fatalf("jetstream: %v", err)
 	}
-	holder, err := dlock.New(testContext(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(e.ttl))
+	holder, err := dlock.New(natstest.Context(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(e.ttl))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -340,14 +340,14 @@ func TestStalledConnectionCancelsBeforeHandoff(t *testing.T) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		wl, err := waiter.Lock(testContext(t), "stall")
+		wl, err := waiter.Lock(natstest.Context(t), "stall")
 		r := result{l: wl, at: time.Now(), ctxDone: l.Context().Err() != nil, lostClosed: isClosed(l.Lost())}
 		if err != nil {
 			t.Errorf("waiter Lock: %v", err)
 		}
 		res <- r
 	}()
-	eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
 	stalled := time.Now()
 	proxy.Blackhole(true)
 
@@ -371,10 +371,10 @@ func TestStalledConnectionCancelsBeforeHandoff(t *testing.T) {
 		t.Fatalf("waiter got the lock %v after the stall, want within TTL + 1s", d)
 	}
 	proxy.Blackhole(false)
-	if err := r.l.Unlock(testContext(t)); err != nil {
+	if err := r.l.Unlock(natstest.Context(t)); err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
-	if err := l.Unlock(testContext(t)); !errors.Is(err, dlock.ErrLockLost) {
+	if err := l.Unlock(natstest.Context(t)); !errors.Is(err, dlock.ErrLockLost) {
 		t.Fatalf("Unlock of the stalled lock: %v, want ErrLockLost", err)
 	}
 }
@@ -387,9 +387,9 @@ func TestLocalWaitersQueue(t *testing.T) {
 	e := newEnv(t, 5*time.Second)
 	holderClient, _ := e.client()
 	c, _ := e.client()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	holder := mustLock(t, holderClient, "shared")
-	eventually(t, 5*time.Second, "the holder's watch gone", func() bool { return e.consumers() == 0 })
+	natstest.Eventually(t, 5*time.Second, "the holder's watch gone", func() bool { return e.consumers() == 0 })
 
 	var started sync.WaitGroup
 	started.Add(waiters)
@@ -416,7 +416,7 @@ func TestLocalWaitersQueue(t *testing.T) {
 		})
 	}
 	started.Wait()
-	eventually(t, 5*time.Second, "a waiter watching", func() bool { return e.consumers() >= 1 })
+	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return e.consumers() >= 1 })
 	for i := range 20 { // the others stay queued in the process
 		if n := e.consumers(); n != 1 {
 			t.Fatalf("check %d: %d watches for %d waiters of one Client; want 1", i, n, waiters)

@@ -99,7 +99,7 @@ func runErr(t *testing.T, e *leadelect.Election) error {
 func TestRunRefusesUnusableBucket(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.JetStream()
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "nomarkers", TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,7 @@ func TestSingleCandidateLeadsAndReleases(t *testing.T) {
 		t.Fatalf("after Run: ctx err %v, IsLeader %v, Token %d, OnStoppedLeading calls %d",
 			tm.ctx.Err(), e.IsLeader(), e.Token(), a.stops("node-1"))
 	}
-	if _, err := e.Leader(testContext(t)); !errors.Is(err, leadelect.ErrNoLeader) {
+	if _, err := e.Leader(natstest.Context(t)); !errors.Is(err, leadelect.ErrNoLeader) {
 		t.Fatalf("Leader after release: %v, want ErrNoLeader", err)
 	}
 }
@@ -71,7 +71,7 @@ func TestResignHandsOver(t *testing.T) {
 	cur := first
 	for range 4 {
 		start := time.Now()
-		if err := leaders[cur.name].Resign(testContext(t)); err != nil {
+		if err := leaders[cur.name].Resign(natstest.Context(t)); err != nil {
 			t.Fatalf("Resign by %s: %v", cur.name, err)
 		}
 		resigned := time.Since(start)
@@ -92,7 +92,7 @@ func TestResignHandsOver(t *testing.T) {
 	}
 	slices.Sort(figures)
 	t.Logf("Resign handoffs: min %v, median %v, max %v", figures[0], figures[len(figures)/2], figures[len(figures)-1])
-	if err := leaders[other(cur.name)].Resign(testContext(t)); !errors.Is(err, leadelect.ErrNotLeader) {
+	if err := leaders[other(cur.name)].Resign(natstest.Context(t)); !errors.Is(err, leadelect.ErrNotLeader) {
 		t.Fatalf("Resign by the follower: %v, want ErrNotLeader", err)
 	}
 }
@@ -108,13 +108,13 @@ func TestResignAloneLeadsAgainAfterTTL(t *testing.T) {
 	v := newEnv(t)
 	a := newArena(t)
 	e, _ := v.candidate(v.config("solo"))
-	obs := v.observer().Observe(testContext(t))
+	obs := v.observer().Observe(natstest.Context(t))
 	run(t, e, a.callbacks("solo"))
 	first := a.next()
 	waitFor(t, obs, "solo")
 
 	start := time.Now()
-	if err := e.Resign(testContext(t)); err != nil {
+	if err := e.Resign(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, obs, "")
@@ -199,7 +199,7 @@ func TestKeepOnCancelKeepsKeyUntilTTL(t *testing.T) {
 	if ea.IsLeader() {
 		t.Fatal("IsLeader after Run returned")
 	}
-	if info, err := eb.Leader(testContext(t)); err != nil || info.ID != "a" || info.Token != first.token {
+	if info, err := eb.Leader(natstest.Context(t)); err != nil || info.ID != "a" || info.Token != first.token {
 		t.Fatalf("Leader after a kept the key: %+v, %v", info, err)
 	}
 	next := a.next()
@@ -225,14 +225,14 @@ func TestResignReleasesKeptKey(t *testing.T) {
 	run(t, eb, a.callbacks("b"))
 	leaderIs(t, eb, "a")
 	start := time.Now()
-	if err := ea.Resign(testContext(t)); err != nil {
+	if err := ea.Resign(natstest.Context(t)); err != nil {
 		t.Fatalf("Resign after Run: %v", err)
 	}
 	next := a.next()
 	if took := next.at.Sub(start); next.name != "b" || took > handoffMax {
 		t.Fatalf("%s led %v after Resign, want b within %v", next.name, took, handoffMax)
 	}
-	if err := ea.Resign(testContext(t)); !errors.Is(err, leadelect.ErrNotLeader) {
+	if err := ea.Resign(natstest.Context(t)); !errors.Is(err, leadelect.ErrNotLeader) {
 		t.Fatalf("second Resign: %v, want ErrNotLeader", err)
 	}
 }
@@ -276,7 +276,7 @@ func TestSameIDNeverBothLead(t *testing.T) {
 		t.Fatal("both twins lead")
 	}
 	leader := map[string]*leadelect.Election{"twin-1": e1, "twin-2": e2}[first.name]
-	if err := leader.Resign(testContext(t)); err != nil {
+	if err := leader.Resign(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	next := a.next()
@@ -327,7 +327,7 @@ func TestManyCandidatesNeverOverlap(t *testing.T) {
 			rs[spare] = run(t, es[spare], a.callbacks(fmt.Sprintf("c%d", spare)))
 			spare++
 		case round%2 == 0:
-			if err := es[i].Resign(testContext(t)); err != nil {
+			if err := es[i].Resign(natstest.Context(t)); err != nil {
 				t.Fatalf("Resign: %v", err)
 			}
 		default:
@@ -391,7 +391,7 @@ func TestRunTwiceIsRefused(t *testing.T) {
 	a := newArena(t)
 	run(t, e, a.callbacks("a"))
 	a.next()
-	if err := e.Run(testContext(t), leadelect.Callbacks{}); !errors.Is(err, leadelect.ErrRunning) {
+	if err := e.Run(natstest.Context(t), leadelect.Callbacks{}); !errors.Is(err, leadelect.ErrRunning) {
 		t.Fatalf("second Run: %v, want ErrRunning", err)
 	}
 }

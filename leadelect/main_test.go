@@ -69,13 +69,6 @@ func (v *env) observer() *leadelect.Observer {
 	return o
 }
 
-// testContext ends with the test, or after a minute as a backstop.
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // running is one Run in its own goroutine.
 type running struct {
 	t      *testing.T
@@ -234,7 +227,7 @@ func leaderIs(t *testing.T, e interface {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for {
-		info, err := e.Leader(testContext(t))
+		info, err := e.Leader(natstest.Context(t))
 		if err == nil && info.ID == id {
 			return info
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/natskvlease/natskvlease/internal/natstest"
 	"github.com/natskvlease/natskvlease/leadelect"
 )
 
@@ -58,10 +59,10 @@ func TestObserveReportsEveryChange(t *testing.T) {
 	ea, _ := v.candidate(v.config("a"))
 	eb, _ := v.candidate(v.config("b"))
 	idle, _ := v.candidate(v.config("idle"))
-	if _, err := idle.Leader(testContext(t)); !errors.Is(err, leadelect.ErrNoLeader) { // creates the bucket
+	if _, err := idle.Leader(natstest.Context(t)); !errors.Is(err, leadelect.ErrNoLeader) { // creates the bucket
 		t.Fatalf("Leader on a new bucket: %v, want ErrNoLeader", err)
 	}
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	chans := map[string]<-chan leadelect.LeaderInfo{
 		"Observer":         v.observer().Observe(ctx),
 		"Election.Observe": idle.Observe(ctx),
@@ -95,7 +96,7 @@ func TestObserveReportsEveryChange(t *testing.T) {
 	rb := run(t, eb, a.callbacks("b"))
 	tb := a.next()
 	gotB := expect("b")[0]
-	if err := eb.Resign(testContext(t)); err != nil {
+	if err := eb.Resign(natstest.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	tb2 := a.next() // alone: b leads again after a TTL
@@ -116,7 +117,7 @@ func TestObserveReportsEveryChange(t *testing.T) {
 
 func TestObserverWaitsForBucket(t *testing.T) {
 	v := newEnv(t)
-	ctx := testContext(t)
+	ctx := natstest.Context(t)
 	ch := v.observer().Observe(ctx)
 	if first := collect(t, ch, 1)[0]; !first.Vacant() {
 		t.Fatalf("first value %+v, want a vacancy (no bucket yet)", first)
@@ -154,18 +155,18 @@ func TestObserveClosesWhenContextEnds(t *testing.T) {
 func TestLeaderRefusesForeignValue(t *testing.T) {
 	v := newEnv(t)
 	e, _ := v.candidate(v.config("a"))
-	if _, err := e.Leader(testContext(t)); !errors.Is(err, leadelect.ErrNoLeader) {
+	if _, err := e.Leader(natstest.Context(t)); !errors.Is(err, leadelect.ErrNoLeader) {
 		t.Fatal(err)
 	}
 	_, js := v.srv.JetStream()
-	kv, err := js.KeyValue(testContext(t), v.bucket)
+	kv, err := js.KeyValue(natstest.Context(t), v.bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(testContext(t), v.key, []byte("not json")); err != nil {
+	if _, err := kv.Put(natstest.Context(t), v.key, []byte("not json")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Leader(testContext(t)); !errors.Is(err, leadelect.ErrNotIdentity) {
+	if _, err := e.Leader(natstest.Context(t)); !errors.Is(err, leadelect.ErrNotIdentity) {
 		t.Fatalf("Leader over a foreign value: %v, want ErrNotIdentity", err)
 	}
 }

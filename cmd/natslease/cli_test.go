@@ -125,7 +125,7 @@ func holdLock(t *testing.T, url, key string, extra ...string) *proc {
 	args := append([]string{"lock", "--server", url}, extra...)
 	args = append(args, key, "--", "sh", "-c", `touch "$0"; sleep 30`, ready)
 	p := start(t, args...)
-	eventually(t, 15*time.Second, "the holder's command to start", func() bool { return fileExists(ready) })
+	natstest.Eventually(t, 15*time.Second, "the holder's command to start", func() bool { return fileExists(ready) })
 	return p
 }
 
@@ -165,7 +165,7 @@ func TestLockLostStopsCommand(t *testing.T) {
 	marker := t.TempDir() + "/running"
 	p := start(t, "lock", "--server", srv.URL(), "--ttl", ttl.String(), "--grace", grace.String(), "lost.key", "--",
 		"sh", "-c", `touch "$0"; sleep 60; echo survived > "$0.after"`, marker)
-	eventually(t, 15*time.Second, "the command to start", func() bool { return fileExists(marker) })
+	natstest.Eventually(t, 15*time.Second, "the command to start", func() bool { return fileExists(marker) })
 	stopped := time.Now()
 	srv.Shutdown()
 	code := p.wait(t, ttl+grace+8*time.Second)
@@ -206,7 +206,7 @@ func TestElectRunsCommandOnlyWhileLeading(t *testing.T) {
 	log := t.TempDir() + "/log"
 	script := `trap 'echo end >> "$0"; exit 0' TERM; echo start-$NATSLEASE_TOKEN >> "$0"; while :; do sleep 0.05; done`
 	a := start(t, "elect", "--server", srv.URL(), "--ttl", "2s", "--id", "a", "sched", "--", "sh", "-c", script, log)
-	eventually(t, 15*time.Second, "a's command to start", func() bool { return len(readLines(t, log)) == 1 })
+	natstest.Eventually(t, 15*time.Second, "a's command to start", func() bool { return len(readLines(t, log)) == 1 })
 	b := start(t, "elect", "--server", srv.URL(), "--ttl", "2s", "--id", "b", "sched", "--", "sh", "-c", script, log)
 
 	code, stdout, stderr := runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "--kind", "election", "sched")
@@ -220,7 +220,7 @@ func TestElectRunsCommandOnlyWhileLeading(t *testing.T) {
 	if code := a.wait(t, 10*time.Second); code != 0 {
 		t.Errorf("a after SIGTERM: status %d; stderr %q", code, &a.stderr)
 	}
-	eventually(t, 10*time.Second, "b's command to start", func() bool { return len(readLines(t, log)) == 3 })
+	natstest.Eventually(t, 10*time.Second, "b's command to start", func() bool { return len(readLines(t, log)) == 3 })
 	signalProc(t, b, 15)
 	if code := b.wait(t, 10*time.Second); code != 0 {
 		t.Errorf("b after SIGTERM: status %d; stderr %q", code, &b.stderr)

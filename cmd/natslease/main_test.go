@@ -104,18 +104,6 @@ func runNatslease(t *testing.T, limit time.Duration, args ...string) (status int
 	return status, p.stdout.String(), p.stderr.String()
 }
 
-// eventually polls cond every 20ms until it holds or limit passes.
-func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
