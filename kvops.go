@@ -139,29 +139,33 @@ type snapshot struct {
 	rev    uint64 // revision of the latest entry; 0 if none (or unknown, see revKnown)
 	value  []byte
 	vacant bool // no live holder: no entry, or a delete, purge or expiry marker
+	// deleted is set when the vacancy is a KV DEL marker (or a marker the
+	// watch reports as a delete). The server expires such a marker with a
+	// rollup of the subject, which would also wipe a write placed on it
+	// just before (see README, "Why every write is safe"): a lease purges
+	// it before writing on it.
+	deleted bool
 	// revKnown is false when the key is vacant but the marker's revision
-	// could not be learned (an unbound KeyValue hides it).
+	// could not be learned (an unbound KeyValue's purge hides it).
 	revKnown bool
 }
 
 func snapshotOf(e jetstream.KeyValueEntry) snapshot {
+	op := e.Operation()
 	return snapshot{
 		rev:      e.Revision(),
 		value:    e.Value(),
-		vacant:   e.Operation() != jetstream.KeyValuePut,
+		vacant:   op != jetstream.KeyValuePut,
+		deleted:  op == jetstream.KeyValueDelete,
 		revKnown: true,
 	}
 }
 
 // write stores value under key if key's latest revision is expected
 // (0: no entry at all), with a per-message TTL when ttl > 0. One round
-// trip. With anyVacant and an unbound KeyValue it writes over any marker
-// (kv.Create), which may take more.
-func (o *KVOps) write(ctx context.Context, key string, value []byte, expected uint64, ttl time.Duration, anyVacant bool) (uint64, error) {
+// trip.
+func (o *KVOps) write(ctx context.Context, key string, value []byte, expected uint64, ttl time.Duration) (uint64, error) {
 	if o.js == nil {
-		if anyVacant {
-			return o.kv.Create(ctx, key, value)
-		}
 		return o.kv.Update(ctx, key, value, expected)
 	}
 	// The headers are set here rather than through publish options, which
@@ -178,16 +182,30 @@ func (o *KVOps) write(ctx context.Context, key string, value []byte, expected ui
 	return ack.Sequence, nil
 }
 
-// remove places a delete marker on key if its latest revision is
-// expected, and returns the marker's revision (0 when the KeyValue is
-// unbound and cannot tell). One round trip.
-func (o *KVOps) remove(ctx context.Context, key string, expected uint64) (uint64, error) {
+// purge places a KV PURGE marker (a rollup of the key's subject) on key
+// if its latest revision is expected, with a per-message TTL when ttl >
+// 0, and returns the marker's revision (0 when the KeyValue is unbound
+// and cannot tell). One round trip.
+//
+// A lease vacates a key with PURGE, never DEL: when a PURGE marker
+// expires the server deletes that one message, so a write placed on the
+// marker survives; a DEL marker's expiry is a rollup that would wipe it.
+func (o *KVOps) purge(ctx context.Context, key string, expected uint64, ttl time.Duration) (uint64, error) {
 	if o.js == nil {
-		return 0, o.kv.Delete(ctx, key, jetstream.LastRevision(expected))
+		if expected == 0 {
+			// nats.go sends no revision check for revision 0: the purge
+			// would remove whatever is there.
+			return 0, fmt.Errorf("natskvlease: an unbound KeyValue cannot purge %q only if it is empty", key)
+		}
+		return 0, o.kv.Purge(ctx, key, jetstream.LastRevision(expected))
 	}
 	m := &nats.Msg{Subject: o.subject(key), Header: nats.Header{}}
-	m.Header.Set(kvOperationHeader, "DEL")
+	m.Header.Set(kvOperationHeader, kvOperationPurge)
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expected, 10))
+	if ttl > 0 {
+		m.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+	}
 	ack, err := o.js.PublishMsg(ctx, m, o.noRetry)
 	if err != nil {
 		return 0, err
@@ -195,7 +213,10 @@ func (o *KVOps) remove(ctx context.Context, key string, expected uint64) (uint64
 	return ack.Sequence, nil
 }
 
-const kvOperationHeader = "KV-Operation"
+const (
+	kvOperationHeader = "KV-Operation"
+	kvOperationPurge  = "PURGE"
+)
 
 func (o *KVOps) subject(key string) string { return "$KV." + o.kv.Bucket() + "." + key }
 
@@ -207,7 +228,9 @@ func (o *KVOps) latest(ctx context.Context, key string) (snapshot, error) {
 	if o.js == nil {
 		e, err := o.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return snapshot{vacant: true}, nil
+			// A marker, or nothing: Get hides which, and the marker's
+			// revision. The first entry of a watch shows both.
+			return o.latestByWatch(ctx, key)
 		}
 		if err != nil {
 			return snapshot{}, err
@@ -215,6 +238,29 @@ func (o *KVOps) latest(ctx context.Context, key string) (snapshot, error) {
 		return snapshotOf(e), nil
 	}
 	return o.leaderGet(ctx, key)
+}
+
+// latestByWatch reads key's latest entry, markers included, as the first
+// entry of a watch: the slow way, for a KeyValue with no JetStream handle
+// to ask the stream leader.
+func (o *KVOps) latestByWatch(ctx context.Context, key string) (snapshot, error) {
+	w, err := o.kv.Watch(ctx, key)
+	if err != nil {
+		return snapshot{}, err
+	}
+	defer func() { _ = w.Stop() }()
+	select {
+	case e, ok := <-w.Updates():
+		switch {
+		case !ok:
+			return snapshot{}, errors.New("natskvlease: watch ended before its first entry")
+		case e == nil: // no entry at all
+			return snapshot{vacant: true, revKnown: true}, nil
+		}
+		return snapshotOf(e), nil
+	case <-ctx.Done():
+		return snapshot{}, ctx.Err()
+	}
 }
 
 type storedMsg struct {
@@ -259,6 +305,7 @@ func (o *KVOps) leaderGet(ctx context.Context, key string) (snapshot, error) {
 			return snapshot{}, fmt.Errorf("natskvlease: bad stored headers: %w", err)
 		}
 		s.vacant = isMarker(hdr)
+		s.deleted = s.vacant && !isSubjectDeleteMarker(hdr)
 	}
 	return s, nil
 }
@@ -267,6 +314,14 @@ func (o *KVOps) leaderGet(ctx context.Context, key string) (snapshot, error) {
 // expiry marker (Nats-Marker-Reason).
 func isMarker(h nats.Header) bool {
 	return h.Get(kvOperationHeader) != "" || h.Get(jetstream.MarkerReasonHeader) != ""
+}
+
+// isSubjectDeleteMarker reports a message whose expiry the server handles
+// by deleting that message alone, as nats-server 2.15.2 decides it
+// (server/sdm.go, isSubjectDeleteMarker): a server marker or a KV PURGE.
+// The expiry of any other last message of a subject is a rollup.
+func isSubjectDeleteMarker(h nats.Header) bool {
+	return h.Get(jetstream.MarkerReasonHeader) != "" || h.Get(kvOperationHeader) == kvOperationPurge
 }
 
 func (o *KVOps) apiPrefix() string {

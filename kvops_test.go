@@ -482,7 +482,7 @@ func TestKVOpsWriteCarriesTTL(t *testing.T) {
 	f := newKVOpsFixture(t)
 	ctx, ops := f.ctx, f.ops
 
-	rev1, err := ops.write(ctx, "k", []byte("v1"), 0, 2*time.Second, false)
+	rev1, err := ops.write(ctx, "k", []byte("v1"), 0, 2*time.Second)
 	if err != nil || rev1 == 0 {
 		t.Fatalf("write = (%d, %v)", rev1, err)
 	}
@@ -496,13 +496,13 @@ func TestKVOpsWriteCarriesTTL(t *testing.T) {
 
 	// The write is revision-checked.
 	for _, wrong := range []uint64{0, rev1 + 1} {
-		_, err := ops.write(ctx, "k", []byte("x"), wrong, 2*time.Second, false)
+		_, err := ops.write(ctx, "k", []byte("x"), wrong, 2*time.Second)
 		if !isRevisionMismatch(err) {
 			t.Fatalf("write expecting %d (latest %d) = %v, want a revision mismatch", wrong, rev1, err)
 		}
 	}
 
-	rev2, err := ops.write(ctx, "k", []byte("v2"), rev1, 0, false)
+	rev2, err := ops.write(ctx, "k", []byte("v2"), rev1, 0)
 	if err != nil || rev2 <= rev1 {
 		t.Fatalf("write = (%d, %v)", rev2, err)
 	}
@@ -546,7 +546,7 @@ func TestKVOpsWriteExpiresAfterTTL(t *testing.T) {
 	defer w.Stop()
 
 	before := time.Now()
-	rev, err := ops.write(ctx, "k", []byte("v"), 0, ttl, false)
+	rev, err := ops.write(ctx, "k", []byte("v"), 0, ttl)
 	after := time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -573,10 +573,10 @@ func TestKVOpsWriteExpiresAfterTTL(t *testing.T) {
 		t.Fatalf("Get after expiry = %v, want ErrKeyNotFound", err)
 	}
 	// Acquiring over the marker needs its revision.
-	if _, err := ops.write(ctx, "k", []byte("next"), 0, ttl, false); !isRevisionMismatch(err) {
+	if _, err := ops.write(ctx, "k", []byte("next"), 0, ttl); !isRevisionMismatch(err) {
 		t.Fatalf("write expecting 0 over a marker = %v, want a revision mismatch", err)
 	}
-	if rev2, err := ops.write(ctx, "k", []byte("next"), marker.Revision(), ttl, false); err != nil || rev2 <= marker.Revision() {
+	if rev2, err := ops.write(ctx, "k", []byte("next"), marker.Revision(), ttl); err != nil || rev2 <= marker.Revision() {
 		t.Fatalf("write over the marker = (%d, %v)", rev2, err)
 	}
 }
@@ -593,7 +593,7 @@ func TestKVOpsRenewRestartsTTL(t *testing.T) {
 	defer w.Stop()
 
 	first := time.Now()
-	rev1, err := ops.write(ctx, "k", []byte("v"), 0, ttl, false)
+	rev1, err := ops.write(ctx, "k", []byte("v"), 0, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -609,7 +609,7 @@ func TestKVOpsRenewRestartsTTL(t *testing.T) {
 		t.Fatalf("before renewal latest = (%+v, %v), want live rev %d", s, err, rev1)
 	}
 	renewed := time.Now()
-	rev2, err := ops.write(ctx, "k", []byte("v"), rev1, ttl, false)
+	rev2, err := ops.write(ctx, "k", []byte("v"), rev1, ttl)
 	if err != nil || rev2 <= rev1 {
 		t.Fatalf("renew = (%d, %v)", rev2, err)
 	}
@@ -625,43 +625,80 @@ func TestKVOpsRenewRestartsTTL(t *testing.T) {
 	}
 }
 
-func TestKVOpsRemove(t *testing.T) {
+func TestKVOpsPurge(t *testing.T) {
 	f := newKVOpsFixture(t)
 	ctx, ops := f.ctx, f.ops
 
-	rev, err := ops.write(ctx, "k", []byte("v"), 0, 5*time.Second, false)
+	rev, err := ops.write(ctx, "k", []byte("v"), 0, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, wrong := range []uint64{0, rev + 1} {
-		if _, err := ops.remove(ctx, "k", wrong); !isRevisionMismatch(err) {
-			t.Fatalf("remove expecting %d (latest %d) = %v, want a revision mismatch", wrong, rev, err)
+		if _, err := ops.purge(ctx, "k", wrong, 5*time.Second); !isRevisionMismatch(err) {
+			t.Fatalf("purge expecting %d (latest %d) = %v, want a revision mismatch", wrong, rev, err)
 		}
 	}
 	if s, err := ops.latest(ctx, "k"); err != nil || s.vacant || s.rev != rev {
-		t.Fatalf("a refused remove changed the key: (%+v, %v)", s, err)
+		t.Fatalf("a refused purge changed the key: (%+v, %v)", s, err)
 	}
 
-	mrev, err := ops.remove(ctx, "k", rev)
+	mrev, err := ops.purge(ctx, "k", rev, 5*time.Second)
 	if err != nil || mrev <= rev {
-		t.Fatalf("remove = (%d, %v), want the marker's revision after %d", mrev, err, rev)
+		t.Fatalf("purge = (%d, %v), want the marker's revision after %d", mrev, err, rev)
 	}
 	m := f.storedMsg(t, mrev)
-	if op := m.Header.Get(kvOperationHeader); op != "DEL" || m.Subject != "$KV."+f.kv.Bucket()+".k" {
-		t.Fatalf("stored rev %d: subject %s KV-Operation %q, want a delete marker on k", mrev, m.Subject, op)
+	if op, roll, ttl := m.Header.Get(kvOperationHeader), m.Header.Get(jetstream.MsgRollup), m.Header.Get(jetstream.MsgTTLHeader); op != "PURGE" || roll != "sub" || ttl != "5s" || m.Subject != "$KV."+f.kv.Bucket()+".k" {
+		t.Fatalf("stored rev %d: subject %s KV-Operation %q Nats-Rollup %q Nats-TTL %q, want a PURGE rollup of k with a 5s TTL", mrev, m.Subject, op, roll, ttl)
 	}
 	s, err := ops.latest(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.vacant || !s.revKnown || s.rev != mrev {
-		t.Fatalf("latest after remove = %+v, want vacant at %d", s, mrev)
+	if !s.vacant || s.deleted || !s.revKnown || s.rev != mrev {
+		t.Fatalf("latest after purge = %+v, want vacant (not deleted) at %d", s, mrev)
 	}
 	if _, err := ops.Get(ctx, "k"); !errors.Is(err, jetstream.ErrKeyNotFound) {
-		t.Fatalf("Get after remove = %v, want ErrKeyNotFound", err)
+		t.Fatalf("Get after purge = %v, want ErrKeyNotFound", err)
 	}
-	if rev3, err := ops.write(ctx, "k", []byte("w"), mrev, 5*time.Second, false); err != nil || rev3 <= mrev {
-		t.Fatalf("write over the delete marker = (%d, %v)", rev3, err)
+	if rev3, err := ops.write(ctx, "k", []byte("w"), mrev, 5*time.Second); err != nil || rev3 <= mrev {
+		t.Fatalf("write over the purge marker = (%d, %v)", rev3, err)
+	}
+}
+
+// TestKVOpsLatestClassifiesMarkers: a vacancy is told apart by whether a
+// write on it is safe from its expiry (see acquireStep).
+func TestKVOpsLatestClassifiesMarkers(t *testing.T) {
+	f := newKVOpsFixture(t)
+	ctx, ops := f.ctx, f.ops
+	put := func(key string) uint64 {
+		rev, err := ops.write(ctx, key, []byte("v"), 0, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	del := put("del")
+	if err := f.kv.Delete(ctx, "del", jetstream.LastRevision(del)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ops.purge(ctx, "purged", put("purged"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	put("live")
+	cases := []struct {
+		key             string
+		vacant, deleted bool
+	}{
+		{"never", true, false},
+		{"live", false, false},
+		{"del", true, true},
+		{"purged", true, false},
+	}
+	for _, tc := range cases {
+		s, err := ops.latest(ctx, tc.key)
+		if err != nil || s.vacant != tc.vacant || s.deleted != tc.deleted || !s.revKnown {
+			t.Errorf("latest(%s) = (%+v, %v), want vacant %v deleted %v", tc.key, s, err, tc.vacant, tc.deleted)
+		}
 	}
 }
 
@@ -675,7 +712,7 @@ func TestKVOpsLatestNeverWritten(t *testing.T) {
 		t.Fatalf("latest(never written) = %+v, want vacant, rev 0, revKnown", s)
 	}
 	// Revision 0 is right for a first write.
-	if rev, err := f.ops.write(f.ctx, "never.written", []byte("v"), s.rev, time.Second, false); err != nil || rev == 0 {
+	if rev, err := f.ops.write(f.ctx, "never.written", []byte("v"), s.rev, time.Second); err != nil || rev == 0 {
 		t.Fatalf("write at the revision latest reported = (%d, %v)", rev, err)
 	}
 }
@@ -700,47 +737,51 @@ func TestKVOpsUnbound(t *testing.T) {
 		t.Fatalf("latest(never written) = (%+v, %v), want vacant rev 0", s, err)
 	}
 
-	rev1, err := ops.write(ctx, "k", []byte("v1"), 0, time.Second, true)
+	rev1, err := ops.write(ctx, "k", []byte("v1"), 0, time.Second)
 	if err != nil || rev1 == 0 {
-		t.Fatalf("write(anyVacant) = (%d, %v)", rev1, err)
+		t.Fatalf("write(0) = (%d, %v)", rev1, err)
 	}
 	s, err = ops.latest(ctx, "k")
 	if err != nil || s.vacant || !s.revKnown || s.rev != rev1 || string(s.value) != "v1" {
 		t.Fatalf("latest = (%+v, %v), want live rev %d v1", s, err, rev1)
 	}
-	if _, err := ops.write(ctx, "k", []byte("x"), 0, time.Second, true); !isRevisionMismatch(err) {
-		t.Fatalf("write(anyVacant) on a live key = %v, want a conflict", err)
+	if _, err := ops.write(ctx, "k", []byte("x"), 0, time.Second); !isRevisionMismatch(err) {
+		t.Fatalf("write(0) on a live key = %v, want a conflict", err)
 	}
 
-	rev2, err := ops.write(ctx, "k", []byte("v2"), rev1, time.Second, false)
+	rev2, err := ops.write(ctx, "k", []byte("v2"), rev1, time.Second)
 	if err != nil || rev2 <= rev1 {
 		t.Fatalf("write(expected %d) = (%d, %v)", rev1, rev2, err)
 	}
-	if _, err := ops.write(ctx, "k", []byte("x"), rev1, time.Second, false); !isRevisionMismatch(err) {
+	if _, err := ops.write(ctx, "k", []byte("x"), rev1, time.Second); !isRevisionMismatch(err) {
 		t.Fatalf("stale write = %v, want a revision mismatch", err)
 	}
-	if _, err := ops.remove(ctx, "k", rev1); !isRevisionMismatch(err) {
-		t.Fatalf("stale remove = %v, want a revision mismatch", err)
+	if _, err := ops.purge(ctx, "k", rev1, 0); !isRevisionMismatch(err) {
+		t.Fatalf("stale purge = %v, want a revision mismatch", err)
+	}
+	if _, err := ops.purge(ctx, "k", 0, 0); err == nil {
+		t.Fatal("an unbound purge expecting revision 0 was sent; nats.go would send it unchecked")
 	}
 	if s, err := ops.latest(ctx, "k"); err != nil || s.vacant || s.rev != rev2 || string(s.value) != "v2" {
 		t.Fatalf("failed writes changed the key: (%+v, %v)", s, err)
 	}
 
-	if _, err := ops.remove(ctx, "k", rev2); err != nil {
-		t.Fatalf("remove: %v", err)
+	if _, err := ops.purge(ctx, "k", rev2, 0); err != nil {
+		t.Fatalf("purge: %v", err)
 	}
+	// Get hides a marker; latest learns its revision and kind from a watch.
 	s, err = ops.latest(ctx, "k")
-	if err != nil || !s.vacant {
-		t.Fatalf("latest after remove = (%+v, %v), want vacant", s, err)
+	if err != nil || !s.vacant || s.deleted || !s.revKnown || s.rev <= rev2 {
+		t.Fatalf("latest after purge = (%+v, %v), want a vacancy at a known revision after %d", s, err, rev2)
 	}
-	// The bound view of the same bucket sees the delete marker.
-	if bs, err := f.ops.latest(ctx, "k"); err != nil || !bs.vacant || bs.rev <= rev2 {
-		t.Fatalf("bound latest after unbound remove = (%+v, %v)", bs, err)
+	// The bound view of the same bucket sees the same marker.
+	if bs, err := f.ops.latest(ctx, "k"); err != nil || !bs.vacant || bs.rev != s.rev {
+		t.Fatalf("bound latest after unbound purge = (%+v, %v), want vacant at %d", bs, err, s.rev)
 	}
 	// Writing over the marker.
-	rev3, err := ops.write(ctx, "k", []byte("v3"), 0, time.Second, true)
-	if err != nil || rev3 <= rev2 {
-		t.Fatalf("write(anyVacant) over a delete marker = (%d, %v)", rev3, err)
+	rev3, err := ops.write(ctx, "k", []byte("v3"), s.rev, time.Second)
+	if err != nil || rev3 <= s.rev {
+		t.Fatalf("write over the purge marker = (%d, %v)", rev3, err)
 	}
 	if e, err := kv.Get(ctx, "k"); err != nil || e.Revision() != rev3 || !bytes.Equal(e.Value(), []byte("v3")) {
 		t.Fatalf("Get = (%v, %v), want rev %d v3", e, err, rev3)

@@ -341,7 +341,7 @@ func (l *Lease) currentValue() []byte {
 func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool, err error) {
 	// A write that failed without an answer (timeout, or ctx ended while
 	// it was in flight) may still have been applied. If this call gives
-	// up, delete such a write, so that the key is not blocked until its
+	// up, purge such a write, so that the key is not blocked until its
 	// TTL by a lease nobody holds.
 	var inDoubt bool
 	var inDoubtAfter uint64
@@ -354,7 +354,7 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 	// Only a vacancy seen (by a release or the watch) saves the read: a
 	// holder seen earlier may have gone since.
 	snap, known := l.lastSeen()
-	known = known && snap.vacant
+	known = known && snap.vacant && snap.revKnown
 	var lastErr error
 	for attempt := uint(1); attempt <= 2*l.retry.MaxRetries; attempt++ {
 		if !known {
@@ -368,16 +368,31 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 			}
 			snap, known = s, true
 		}
-		if !snap.vacant && !l.isOwner(snap.value) {
+		ownWrite := inDoubt && !snap.vacant && snap.rev > inDoubtAfter && l.isOwner(snap.value)
+		switch acquireStep(snap, ownWrite) {
+		case stepTaken:
 			l.observe(snap)
 			return false, nil
+		case stepPurge:
+			markerRev, err := l.purgeAttempt(ctx, snap.rev)
+			if err == nil {
+				if ownWrite {
+					inDoubt = false // dealt with
+				}
+				snap = snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0}
+				known = snap.revKnown
+				continue
+			}
+			known, lastErr = false, err
+			if !isRevisionMismatch(err) && !IsTransient(err) {
+				return false, l.giveUp(ctx, err)
+			}
+			continue // the read decides
 		}
-		// Vacant, or ours (a holding of ours from before, or an earlier
-		// attempt of this call whose answer was lost): a write on the
-		// revision seen makes a new holding, or fails if anyone got there
-		// first.
+		// Vacant, and safe to write on: a write on the revision seen makes
+		// a new holding, or fails if anyone got there first.
 		sentAt := time.Now()
-		rev, err := l.writeAttempt(ctx, snap.rev, snap.vacant && !snap.revKnown)
+		rev, err := l.writeAttempt(ctx, snap.rev)
 		if err == nil {
 			l.becomeHolder(rev, sentAt)
 			return true, nil
@@ -413,19 +428,82 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 	return false, fmt.Errorf("natskvlease: acquire %q gave up: %w", l.cfg.Key, lastErr)
 }
 
-// dropOrphan deletes the key if its latest revision, newer than after,
-// is ours: a write of an acquisition that gave up. Best effort: a write
-// still in flight after the read is left to expire.
-func (l *Lease) dropOrphan(after uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), l.attemptTimeout())
-	defer cancel()
-	snap, err := l.ops.latest(ctx, l.cfg.Key)
-	if err != nil || snap.vacant || snap.rev <= after || !l.isOwner(snap.value) {
-		return
+// step is what an acquisition does next with the key as last seen.
+type step int
+
+const (
+	stepWrite step = iota // write the lease on the revision seen
+	stepPurge             // purge the revision seen, then write on the purge marker
+	stepTaken             // the key is held: give up this attempt
+)
+
+// acquireStep decides the next step of an acquisition that sees s.
+// ownWrite reports that s is a write of this acquisition whose answer was
+// lost.
+//
+// A write is placed only where the expiry of the revision it is written
+// on cannot wipe it: on no message at all, or on a marker the server
+// expires by deleting that marker alone (its own expiry markers, and KV
+// PURGE markers). A KV DEL marker is purged first. A live value is never
+// written over, not even one of our own from an earlier holding: its
+// expiry may be due, and it would roll the key up with the write on it.
+// An acquisition's own write found after its answer was lost is purged
+// and written again, because which attempt it was, and so when its TTL
+// began, is not known.
+func acquireStep(s snapshot, ownWrite bool) step {
+	switch {
+	case ownWrite:
+		return stepPurge
+	case !s.vacant:
+		return stepTaken
+	case s.deleted:
+		return stepPurge
 	}
-	if markerRev, err := l.ops.remove(ctx, l.cfg.Key, snap.rev); err == nil {
-		l.logger.Debug("natskvlease: deleted the write of an abandoned acquisition", "revision", snap.rev)
-		l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
+	return stepWrite
+}
+
+// purgeAttempt is one revision-checked purge, bounded by the attempt
+// timeout.
+func (l *Lease) purgeAttempt(ctx context.Context, expected uint64) (uint64, error) {
+	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
+	defer cancel()
+	return l.ops.purge(actx, l.cfg.Key, expected, l.sentTTL)
+}
+
+// dropOrphan purges a write of an acquisition that gave up while the
+// write's answer was outstanding. The write expected revision after. A
+// purge on after, if it is still the latest, also fences the write should
+// it still be in flight: it can no longer apply. Otherwise the key is
+// read: a newer value of ours is that write, and is purged. Best effort:
+// anything left expires after its TTL.
+func (l *Lease) dropOrphan(after uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*l.attemptTimeout())
+	defer cancel()
+	b := lazyBackoff{cfg: l.retry}
+	for expected := after; ; {
+		if expected != 0 || l.ops.js != nil {
+			markerRev, err := l.purgeAttempt(ctx, expected)
+			if err == nil {
+				l.logger.Debug("natskvlease: purged the key after an abandoned acquisition", "revision", expected)
+				l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
+				return
+			}
+		}
+		snap, err := l.read(ctx)
+		switch {
+		case err != nil:
+		case !snap.vacant && snap.rev > after && l.isOwner(snap.value):
+			expected = snap.rev // our write landed: purge it
+			continue
+		case snap.rev != after:
+			l.observe(snap)
+			return // someone else's write, or a vacancy since
+		}
+		// Unchanged: our write may be in flight (a replicated stream then
+		// refuses the purge), or an answer was lost.
+		if !b.pause(ctx) {
+			return
+		}
 	}
 }
 
@@ -459,15 +537,15 @@ func (l *Lease) read(ctx context.Context) (snapshot, error) {
 }
 
 // writeAttempt is one write, bounded by the attempt timeout.
-func (l *Lease) writeAttempt(ctx context.Context, expected uint64, anyVacant bool) (uint64, error) {
-	return l.writeBy(ctx, expected, anyVacant, time.Now().Add(l.attemptTimeout()))
+func (l *Lease) writeAttempt(ctx context.Context, expected uint64) (uint64, error) {
+	return l.writeBy(ctx, expected, time.Now().Add(l.attemptTimeout()))
 }
 
 // writeBy is one write that must be answered by the given time.
-func (l *Lease) writeBy(ctx context.Context, expected uint64, anyVacant bool, by time.Time) (uint64, error) {
+func (l *Lease) writeBy(ctx context.Context, expected uint64, by time.Time) (uint64, error) {
 	actx, cancel := context.WithDeadline(ctx, by)
 	defer cancel()
-	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL, anyVacant)
+	return l.ops.write(actx, l.cfg.Key, l.currentValue(), expected, l.sentTTL)
 }
 
 func earliest(a, b time.Time) time.Time {
@@ -515,7 +593,7 @@ func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
 	// earlier of the attempt timeout and the safety deadline, and build
 	// the retry machinery only if it fails.
 	sentAt := time.Now()
-	newRev, err := l.writeBy(ctx, rev, false, earliest(deadline, sentAt.Add(l.attemptTimeout())))
+	newRev, err := l.writeBy(ctx, rev, earliest(deadline, sentAt.Add(l.attemptTimeout())))
 	if err == nil {
 		l.extend(gen, newRev, sentAt)
 		return true, nil
@@ -557,7 +635,7 @@ func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, first
 		}
 		sentAt := time.Now()
 		var newRev uint64
-		newRev, err = l.writeAttempt(opCtx, rev, false)
+		newRev, err = l.writeAttempt(opCtx, rev)
 		if err == nil {
 			l.extend(gen, newRev, sentAt)
 			return true, nil
@@ -606,9 +684,7 @@ func (l *Lease) release(ctx context.Context) error {
 func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
 	b := lazyBackoff{cfg: l.retry}
 	for {
-		actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
-		markerRev, err := l.ops.remove(actx, l.cfg.Key, rev)
-		cancel()
+		markerRev, err := l.purgeAttempt(ctx, rev)
 		if err == nil {
 			l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
 			return nil

@@ -172,38 +172,13 @@ func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error 
 		case err == nil:
 			return nil
 		case ctx.Err() != nil:
-			if !e.cfg.KeepOnCancel {
-				e.dropOrphan(lease)
-			}
+			// An acquisition cut short with its write in flight has
+			// already purged that write (Lease.AcquireWait does).
 			return ctx.Err()
 		case roundCtx.Err() == nil:
 			return err // an error AcquireWait deems final
 		}
 	}
-}
-
-// dropOrphan deletes a value of ours that an acquisition cut short by
-// the end of Run's context may have stored: the lease, which never heard
-// the answer, does not know it holds the key and would not release it,
-// so the others would wait a TTL. (A round cut short by its own timeout
-// needs no such care: the next round finds the value ours and adopts
-// it.) The delete is revision-checked, so it removes only that value.
-func (e *Election) dropOrphan(lease *natskvlease.Lease) {
-	if lease.IsHeld() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.TTL)
-	defer cancel()
-	ops := lease.GetOps()
-	entry, err := ops.Get(ctx, e.cfg.Key)
-	if err != nil || !e.isOwner(entry.Value()) {
-		return
-	}
-	if err := ops.DeleteWithRevision(ctx, e.cfg.Key, entry.Revision()); err != nil {
-		e.logger.Warn("leadelect: could not remove an interrupted acquisition; it expires after its TTL", "error", err)
-		return
-	}
-	e.logger.Debug("leadelect: removed an acquisition interrupted by the end of Run", "revision", entry.Revision())
 }
 
 // lead runs one term, from a held lease to its end, and returns its
