@@ -23,7 +23,7 @@
 //     holder's key expires on the server with no client clock involved,
 //     and watchers see the expiry marker at once.
 //   - One round trip per operation: renew is one revision-checked write
-//     on the revision held, release one revision-checked delete, acquire
+//     on the revision held, release one revision-checked purge, acquire
 //     on a key known to be free one write.
 //   - Faults are resolved, not guessed: a write whose answer was lost is
 //     resolved by reading the key from the stream leader, and a conflict

@@ -195,7 +195,7 @@ func (l *Lease) Deadline() time.Time {
 }
 
 // Revision returns the key's latest revision as far as this lease knows:
-// its own last write (acquire, renewal, or the delete marker of Release)
+// its own last write (acquire, renewal, or the purge marker of Release)
 // or a later revision its reads or watch showed. It is 0 until known.
 // After Release, a revision above it means someone wrote the key since.
 func (l *Lease) Revision() uint64 {
@@ -649,12 +649,13 @@ func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, first
 	return false, fmt.Errorf("%w: safety deadline passed while renewing: %w", ErrLeaseNotHeld, lastErr)
 }
 
-// Release gives the lease up with one revision-checked delete, so that a
-// waiter can acquire it at once. IsHeld is false before the delete is
+// Release gives the lease up with one revision-checked purge (a KV PURGE
+// marker carrying the lease's TTL, never a DEL: see the README), so that a
+// waiter can acquire it at once. IsHeld is false before the purge is
 // sent. A renewal loop started by RunCamping is stopped first. Release
 // returns ErrLeaseNotHeld if the lease was not held; even then, if a
 // revision of ours may still be on the server (the holding lapsed at its
-// deadline), it is deleted to hasten the handoff.
+// deadline), it is purged to hasten the handoff.
 func (l *Lease) Release(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr

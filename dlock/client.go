@@ -94,7 +94,7 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg config, logger 
 func (c *Client) TTL() time.Duration { return c.ttl }
 
 // Close releases every lock the client holds (each with one
-// revision-checked delete, so waiters get them at once), aborts Lock
+// revision-checked purge, so waiters get them at once), aborts Lock
 // calls still waiting, and makes every later call return an error
 // wrapping natskvlease.ErrProviderClosed. It returns the errors of
 // releases that could not be confirmed (those locks expire after the

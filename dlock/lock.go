@@ -199,7 +199,7 @@ func (l *Lock) Context() context.Context { return l.ctx }
 // Unlock.
 func (l *Lock) Lost() <-chan struct{} { return l.lost }
 
-// Unlock releases the lock with one revision-checked delete, so that it
+// Unlock releases the lock with one revision-checked purge, so that it
 // can never remove a later holder's key, and waiters take it at once.
 // Context is cancelled before the delete is sent. If the lock had been
 // lost, Unlock returns an error wrapping ErrLockLost; if the delete could

@@ -238,7 +238,7 @@ func (e *Election) endTerm(t *term) {
 	e.logger.Info("leadelect: stopped leading", "token", t.token)
 }
 
-// release gives the key up with a revision-checked delete, waiting at
+// release gives the key up with a revision-checked purge, waiting at
 // most a TTL. A lease already lost is not an error; a revision of ours
 // still on the server is deleted all the same, to hasten the handoff.
 func (e *Election) release(lease *natskvlease.Lease) error {
