@@ -184,3 +184,19 @@ func isRevisionMismatch(err error) bool {
 		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
+
+// lazyBackoff is a backoff built at its first pause, so that an
+// operation that succeeds at once pays nothing for it.
+type lazyBackoff struct {
+	cfg RetryConfig
+	b   *backoff.ExponentialBackOff
+}
+
+// pause waits for the next backoff interval; false means stop trying.
+func (lb *lazyBackoff) pause(ctx context.Context) bool {
+	if lb.b == nil {
+		lb.b = newBackoff(lb.cfg)
+	}
+	d := lb.b.NextBackOff()
+	return d != backoff.Stop && sleepCtx(ctx, d)
+}

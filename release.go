@@ -1,0 +1,83 @@
+package natskvlease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Release gives the lease up with one revision-checked purge (a KV PURGE
+// marker carrying the lease's TTL, never a DEL: see the README), so that a
+// waiter can acquire it at once. IsHeld is false before the purge is
+// sent. A renewal loop started by RunCamping is stopped first. Release
+// returns ErrLeaseNotHeld if the lease was not held; even then, if a
+// revision of ours may still be on the server (the holding lapsed at its
+// deadline), it is purged to hasten the handoff.
+func (l *Lease) Release(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	l.stopLoop()
+	return l.release(ctx)
+}
+
+func (l *Lease) release(ctx context.Context) error {
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	rev, wasHeld := l.endForRelease()
+	if rev == 0 {
+		return ErrLeaseNotHeld
+	}
+	err := l.deleteRevision(ctx, rev)
+	switch {
+	case !wasHeld:
+		return ErrLeaseNotHeld
+	case err != nil:
+		// The holding has ended locally; the key expires on its own.
+		return fmt.Errorf("natskvlease: release of %q not confirmed (the key expires after its TTL): %w", l.cfg.Key, err)
+	}
+	return nil
+}
+
+func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
+	b := lazyBackoff{cfg: l.retry}
+	for {
+		markerRev, err := l.purgeAttempt(ctx, rev)
+		if err == nil {
+			l.observe(snapshot{rev: markerRev, vacant: true, revKnown: markerRev != 0})
+			return nil
+		}
+		if !isRevisionMismatch(err) && !IsTransient(err) {
+			return err
+		}
+		snap, rerr := l.read(ctx)
+		switch {
+		case rerr != nil:
+		case !snap.vacant && snap.rev > rev && l.isOwner(snap.value):
+			rev = snap.rev // a renewal whose answer was lost: delete that
+			continue
+		case snap.vacant || snap.rev != rev:
+			l.observe(snap)
+			return nil // deleted by an earlier attempt, expired, or taken
+		}
+		if !b.pause(ctx) {
+			return l.giveUp(ctx, err)
+		}
+	}
+}
+
+func (l *Lease) releaseAfterCancel() {
+	ctx, cancel := context.WithTimeout(context.Background(), l.releaseTimeout())
+	defer cancel()
+	if err := l.release(ctx); err != nil && !errors.Is(err, ErrLeaseNotHeld) {
+		l.logger.Warn("natskvlease: release on context end", "error", err)
+	}
+}
+
+func (l *Lease) releaseTimeout() time.Duration {
+	if ttl := l.TTL(); ttl > 0 {
+		return ttl
+	}
+	return DefaultBucketTTL
+}

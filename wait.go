@@ -1,0 +1,160 @@
+package natskvlease
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// AcquireWait blocks until the lease is acquired or ctx ends. It watches
+// the key, so a release or expiry by the current holder wakes it at once
+// and the acquisition is one write on the marker's revision. Should the
+// watch fall silent, it polls: half a TTL (with jitter) after the last
+// sign of life. It returns nil once the lease is held, ctx's error if ctx
+// ends first, and at once any error that retrying cannot cure (an
+// invalid configuration, a TTL the bucket cannot honour).
+//
+// When many waiters are woken by one release, each sends one write and
+// the losers learn of the winner from the watch, without reading the key.
+func (l *Lease) AcquireWait(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	var w *keyWatch
+	defer func() {
+		// Stopping deletes the watch's consumer: a round trip the caller,
+		// who holds the lease now, need not wait for.
+		if w != nil {
+			go w.stop()
+		}
+	}()
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.updates():
+			if !ok {
+				w.stop()
+				w = nil // closed under us: watch again at the next poll
+				continue
+			}
+			if e == nil {
+				continue // the end of the initial values
+			}
+			l.observe(snapshotOf(e))
+			if l.othersWrite(e) {
+				// Held by another, and the watch is alive.
+				poll.Reset(pollInterval(l.TTL()))
+				continue
+			}
+		case <-poll.C:
+			if w == nil {
+				w = l.watch(ctx)
+			}
+		}
+		ok, err := l.acquire(ctx, w != nil)
+		recheck, lost := contended(err)
+		switch {
+		case ok:
+			return nil
+		case lost:
+			// The other write is on its way to the watch, which resets
+			// the poll; look again soon in case it never lands.
+			poll.Reset(recheck)
+			continue
+		case errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrTTLNotSupported):
+			return err
+		case err != nil:
+			l.logger.Debug("natskvlease: acquire", "error", err)
+		}
+		poll.Reset(pollInterval(l.TTL()))
+	}
+}
+
+// keyWatch is a watch on the lease's key that outlives the context it
+// was started under: its owner stops it, after any release. Ending it
+// deletes its consumer, which on a replicated bucket goes through the
+// cluster's meta leader; let that run at the same time as a release and
+// it slows the release that a waiter is waiting for.
+type keyWatch struct {
+	w      jetstream.KeyWatcher
+	cancel context.CancelFunc // ends nats.go's wait on the watch's context
+}
+
+// watch starts a watch on the key, or returns nil (and the caller polls)
+// if the server cannot be reached. Starting it honours ctx; the watch
+// then lasts until stop.
+func (l *Lease) watch(ctx context.Context) *keyWatch {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stopStarting := context.AfterFunc(ctx, cancel)
+	w, err := l.ops.kv.Watch(wctx, l.cfg.Key)
+	if !stopStarting() || err != nil {
+		cancel()
+		if err == nil {
+			_ = w.Stop()
+		}
+		l.logger.Debug("natskvlease: watch failed; polling until it works", "error", err)
+		return nil
+	}
+	return &keyWatch{w: w, cancel: cancel}
+}
+
+// othersWrite reports a watched entry that is another holder's value.
+func (l *Lease) othersWrite(e jetstream.KeyValueEntry) bool {
+	return e.Operation() == jetstream.KeyValuePut && !l.isOwner(e.Value())
+}
+
+// updates is the watch's channel; nil (never ready) for no watch.
+func (k *keyWatch) updates() <-chan jetstream.KeyValueEntry {
+	if k == nil {
+		return nil
+	}
+	return k.w.Updates()
+}
+
+// stopAfterHandoff stops the watch once it shows someone else's write
+// (a successor took the key), or after at most wait. Run after a release,
+// it keeps the deletion of the watch's consumer out of the successor's
+// way.
+func (k *keyWatch) stopAfterHandoff(l *Lease, wait time.Duration) {
+	if k == nil {
+		return
+	}
+	defer k.stop()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case e, ok := <-k.w.Updates():
+			if !ok || e != nil && l.othersWrite(e) {
+				return
+			}
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// stop ends the watch and deletes its consumer (a round trip).
+func (k *keyWatch) stop() {
+	if k == nil {
+		return
+	}
+	_ = k.w.Stop()
+	k.cancel()
+}
+
+// pollInterval is half a TTL with ±20% jitter, so that waiters do not
+// poll in step.
+func pollInterval(ttl time.Duration) time.Duration {
+	if ttl == 0 {
+		ttl = DefaultBucketTTL
+	}
+	half := ttl / 2
+	return half - half/5 + rand.N(2*half/5+1)
+}
