@@ -39,8 +39,12 @@ type LeaseConfig struct {
 	// and no more than the bucket's MaxAge; the server counts per-message
 	// TTLs in whole seconds, so a fraction is rounded up.
 	TTL time.Duration
-	// RenewRatio is the fraction of TTL between renewals, in (0, 1). Zero
-	// means 1/3.
+	// RenewRatio is the fraction of TTL between renewals, in (0, 1]. Zero
+	// means 1/3. Renewals are never scheduled later than leaves room for
+	// two attempts before the safety deadline at nine tenths of the TTL,
+	// each attempt bounded by a quarter of the TTL (at least 250ms, at
+	// most 2s): so ratios above 0.4 are capped at 0.4 for TTLs up to 8s,
+	// and at 0.9 − 4s/TTL above that.
 	RenewRatio float64
 	// Value is stored under Key while the lease is held. It identifies
 	// the holder and must be unique to it: two leases with the same Value
@@ -70,8 +74,8 @@ func (c LeaseConfig) validate(kv jetstream.KeyValue) error {
 	if c.TTL < 0 {
 		return configError("LeaseConfig.TTL", "%v is negative", c.TTL)
 	}
-	if c.RenewRatio < 0 || c.RenewRatio >= 1 || c.RenewRatio != c.RenewRatio {
-		return configError("LeaseConfig.RenewRatio", "%v is outside (0, 1)", c.RenewRatio)
+	if c.RenewRatio < 0 || c.RenewRatio > 1 || c.RenewRatio != c.RenewRatio {
+		return configError("LeaseConfig.RenewRatio", "%v is outside (0, 1]", c.RenewRatio)
 	}
 	return nil
 }

@@ -11,8 +11,16 @@ var (
 	// ErrLeaseNotHeld is returned by Renew and Release when the lease is
 	// not held by the caller (never acquired, already released, or lost).
 	ErrLeaseNotHeld = errors.New("lease not held")
-	// ErrLeaseExists is returned when a write finds the key held by
-	// another owner.
+	// ErrLeaseLost is the cause (context.Cause of Lease.Context) of a
+	// holding that ended without Release: the key was found taken over,
+	// purged or expired, the safety deadline passed before a renewal was
+	// answered, or the server refused a renewal. It is wrapped together
+	// with what ended the holding.
+	ErrLeaseLost = errors.New("lease lost")
+	// ErrLeaseExists is kept for compatibility with the API this package
+	// started from. No function of this package returns it on its own:
+	// Acquire reports a key held by another as (false, nil). dlock's
+	// *LockedError wraps it beside dlock.ErrLocked.
 	ErrLeaseExists = errors.New("lease already exists")
 	// ErrProviderClosed is returned by calls on a closed client.
 	ErrProviderClosed = errors.New("provider is closed")

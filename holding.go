@@ -1,84 +1,147 @@
 package natskvlease
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
-// safetyDeadline is when a write sent at sentAt stops counting: the TTL
-// less a margin of a tenth for clock-rate drift and scheduling.
-func (l *Lease) safetyDeadline(sentAt time.Time) time.Time {
-	return sentAt.Add(l.ttl - l.ttl/10)
+// holding is what a Lease believes about its hold on the key. It is
+// guarded by Lease.mu, and changed only by the functions in this file.
+type holding struct {
+	held     bool
+	gen      uint64 // counts holdings, so that a renewal never extends a later one
+	token    uint64
+	rev      uint64    // our latest revision; kept after a loss by deadline so Release can clean up
+	sentAt   time.Time // when the write that set deadline was sent
+	deadline time.Time
+	ctx      context.Context // cancelled, with a cause, when the holding ends
+	cancel   context.CancelCauseFunc
 }
 
-// holding returns the current holding, ending it first if its deadline
+// liveAt is the safety rule, the one test of "held now" that every
+// caller uses: a holding counts until it ends or its safety deadline
+// passes, whichever comes first.
+func (h *holding) liveAt(now time.Time) bool {
+	return h.held && now.Before(h.deadline)
+}
+
+// safetyDeadline is when a write sent at sentAt stops counting: the TTL
+// the server applies, less a tenth, the margin for clock-rate drift and
+// scheduling. The server counts the TTL from when it stored the write,
+// which is after sentAt.
+func safetyDeadline(sentAt time.Time, ttl time.Duration) time.Time {
+	return sentAt.Add(ttl - ttl/10)
+}
+
+// attemptTimeout bounds one request, so that a request lost on a dead
+// connection is retried (or given up) well within a TTL.
+func attemptTimeout(ttl time.Duration) time.Duration {
+	return min(max(ttl/4, 250*time.Millisecond), 2*time.Second)
+}
+
+// renewAfter is the time from a write's send time to the next renewal:
+// ratio × TTL, but never later than leaves room for two attempts, each
+// bounded by attemptTimeout, before the safety deadline. Ratios above
+// about 0.4 (less for TTLs under ten seconds) are so capped; a ratio of
+// 1 would otherwise renew after the holding had ended.
+func renewAfter(ttl time.Duration, ratio float64) time.Duration {
+	latest := ttl - ttl/10 - 2*attemptTimeout(ttl)
+	return max(min(time.Duration(float64(ttl)*ratio), latest), 0)
+}
+
+// Causes of a holding's end, for Context's cause. A loss wraps
+// ErrLeaseLost (and what caused it); a release wraps ErrLeaseNotHeld.
+var (
+	errReleased     = fmt.Errorf("%w: released", ErrLeaseNotHeld)
+	errDeadline     = fmt.Errorf("%w: safety deadline passed", ErrLeaseLost)
+	errTakenOver    = fmt.Errorf("%w: key taken over, deleted or expired", ErrLeaseLost)
+	errNeverHeldCtx = func() context.Context {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(ErrLeaseNotHeld)
+		return ctx
+	}()
+)
+
+// current returns the current holding, ending it first if its deadline
 // has passed.
-func (l *Lease) holding() (gen, rev uint64, deadline time.Time, ok bool) {
+func (l *Lease) current() (h holding, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held && !time.Now().Before(l.deadline) {
-		l.endLocked(false, nil)
+	if l.h.held && !l.h.liveAt(time.Now()) {
+		l.endLocked(false, errDeadline)
 	}
-	return l.gen, l.rev, l.deadline, l.held
+	return l.h, l.h.held
 }
 
 func (l *Lease) becomeHolder(rev uint64, sentAt time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.gen++
-	l.held, l.token, l.rev = true, rev, rev
-	l.deadline = l.safetyDeadline(sentAt)
-	l.done = make(chan struct{})
+	ctx, cancel := context.WithCancelCause(context.Background())
+	l.h = holding{
+		held:     true,
+		gen:      l.h.gen + 1,
+		token:    rev,
+		rev:      rev,
+		sentAt:   sentAt,
+		deadline: safetyDeadline(sentAt, l.ttl),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
 	l.seenOK = false
 	l.armWatchdog()
 	l.logger.Debug("natskvlease: acquired", "token", rev)
 	l.callbacks.post(l.cfg.Callbacks.OnAcquired)
 }
 
+// extend records a renewal of holding gen, written at rev and sent at
+// sentAt. A holding that has ended meanwhile stays ended.
 func (l *Lease) extend(gen, rev uint64, sentAt time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.held || gen != l.gen {
+	if !l.h.held || gen != l.h.gen {
 		return
 	}
-	l.rev = rev
-	if d := l.safetyDeadline(sentAt); d.After(l.deadline) {
-		l.deadline = d
+	l.h.rev = rev
+	if d := safetyDeadline(sentAt, l.ttl); d.After(l.h.deadline) {
+		l.h.deadline, l.h.sentAt = d, sentAt
 	}
 	l.armWatchdog()
 	l.callbacks.post(l.cfg.Callbacks.OnRenewed)
 }
 
+// lose ends holding gen as lost, for cause (wrapping ErrLeaseLost).
 func (l *Lease) lose(gen uint64, cause error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held && gen == l.gen {
+	if l.h.held && gen == l.h.gen {
 		l.endLocked(false, cause)
 	}
 }
 
 // endForRelease ends the holding as released and returns the revision
-// to delete (0: nothing of ours may be on the server).
+// to purge (0: nothing of ours may be on the server).
 func (l *Lease) endForRelease() (rev uint64, wasHeld bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.held && !time.Now().Before(l.deadline) {
-		l.endLocked(false, nil)
+	if l.h.held && !l.h.liveAt(time.Now()) {
+		l.endLocked(false, errDeadline)
 	}
-	wasHeld = l.held
+	wasHeld = l.h.held
 	if wasHeld {
-		l.endLocked(true, nil)
+		l.endLocked(true, errReleased)
 	}
-	rev, l.rev = l.rev, 0
+	rev, l.h.rev = l.h.rev, 0
 	return rev, wasHeld
 }
 
 // endLocked ends the current holding; the one place where a holding ends,
 // so OnLost or OnReleased is posted exactly once for it.
 func (l *Lease) endLocked(released bool, cause error) {
-	l.held = false
-	l.token = 0
-	close(l.done)
+	l.h.held = false
+	l.h.token = 0
+	l.h.cancel(cause)
 	if l.watchdog != nil {
 		l.watchdog.Stop()
 	}
@@ -87,13 +150,9 @@ func (l *Lease) endLocked(released bool, cause error) {
 		l.callbacks.post(l.cfg.Callbacks.OnReleased)
 		return
 	}
-	if cause != nil {
-		l.logger.Warn("natskvlease: lease lost", "error", cause)
-	} else {
-		l.logger.Info("natskvlease: lease lost")
-	}
-	if l.seenOK && l.seen.rev > l.rev {
-		l.rev = 0 // taken or deleted: nothing of ours left to delete
+	l.logger.Warn("natskvlease: lease lost", "cause", cause)
+	if l.seenOK && l.seen.rev > l.h.rev {
+		l.h.rev = 0 // taken or purged: nothing of ours left to purge
 	}
 	l.callbacks.post(l.cfg.Callbacks.OnLost)
 }
@@ -101,7 +160,7 @@ func (l *Lease) endLocked(released bool, cause error) {
 // armWatchdog makes the holding end at its deadline even while a renewal
 // is blocked in a request, so OnLost and Done never come late.
 func (l *Lease) armWatchdog() {
-	d := time.Until(l.deadline)
+	d := time.Until(l.h.deadline)
 	if l.watchdog == nil {
 		l.watchdog = time.AfterFunc(d, l.expire)
 		return
@@ -112,14 +171,14 @@ func (l *Lease) armWatchdog() {
 func (l *Lease) expire() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.held {
+	if !l.h.held {
 		return
 	}
-	if d := time.Until(l.deadline); d > 0 {
+	if d := time.Until(l.h.deadline); d > 0 {
 		l.watchdog.Reset(d) // extended since this firing was scheduled
 		return
 	}
-	l.endLocked(false, errors.New("safety deadline passed"))
+	l.endLocked(false, errDeadline)
 }
 
 // observe records the key's state as seen by a read or a watch, if it is
@@ -140,4 +199,16 @@ func (l *Lease) lastSeen() (snapshot, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.seen, l.seenOK
+}
+
+// lossCause returns the cause to record for a renewal that ended the
+// holding with err.
+func lossCause(err error) error {
+	if err == nil {
+		return errTakenOver
+	}
+	if errors.Is(err, ErrLeaseLost) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 }

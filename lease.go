@@ -43,16 +43,11 @@ type Lease struct {
 	sentTTL  time.Duration // per-message TTL written; 0 when the bucket's MaxAge applies
 	ttl      time.Duration // the TTL the server applies
 	ttlErr   error         // a TTL the bucket cannot honour; final
-	held     bool
-	gen      uint64 // counts holdings
-	token    uint64
-	rev      uint64 // our latest revision; kept after a loss by deadline so Release can clean up
-	deadline time.Time
-	done     chan struct{} // closed when the current holding ends
+	h        holding       // see holding.go
 	watchdog *time.Timer
 	seen     snapshot // the key's latest state as last observed
 	seenOK   bool
-	camp     *campaign
+	camp     *campaign // the renewal loop, if running
 }
 
 // NewLease returns a lease for cfg.Key in kv. Nothing is sent until the
@@ -95,7 +90,7 @@ func (l *Lease) UpdateValue(val []byte) {
 func (l *Lease) IsHeld() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.held && time.Now().Before(l.deadline)
+	return l.h.liveAt(time.Now())
 }
 
 // Token returns the fencing token of the current holding: the revision
@@ -104,10 +99,10 @@ func (l *Lease) IsHeld() bool {
 func (l *Lease) Token() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.held || !time.Now().Before(l.deadline) {
+	if !l.h.liveAt(time.Now()) {
 		return 0
 	}
-	return l.token
+	return l.h.token
 }
 
 // Deadline returns the local safety deadline of the current holding, or
@@ -115,10 +110,10 @@ func (l *Lease) Token() uint64 {
 func (l *Lease) Deadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.held || !time.Now().Before(l.deadline) {
+	if !l.h.liveAt(time.Now()) {
 		return time.Time{}
 	}
-	return l.deadline
+	return l.h.deadline
 }
 
 // Revision returns the key's latest revision as far as this lease knows:
@@ -128,10 +123,10 @@ func (l *Lease) Deadline() time.Time {
 func (l *Lease) Revision() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.seenOK && l.seen.rev > l.rev {
+	if l.seenOK && l.seen.rev > l.h.rev {
 		return l.seen.rev
 	}
-	return l.rev
+	return l.h.rev
 }
 
 // TTL returns the TTL the server applies to the lease, known after the
@@ -142,19 +137,43 @@ func (l *Lease) TTL() time.Duration {
 	return l.ttl
 }
 
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 // Done returns a channel closed when the current holding ends, by loss
 // or release, at the latest at the safety deadline. It is closed already
 // when the lease is not held. Unlike the callbacks it is signalled
 // without delay, so work done under the lease can select on it.
 func (l *Lease) Done() <-chan struct{} {
+	return l.Context().Done()
+}
+
+// Context returns a context that is cancelled the moment the current
+// holding ends, at the latest at its safety deadline; when the lease is
+// not held it is cancelled already. Its cause (context.Cause) wraps
+// ErrLeaseLost when the holding was lost, with what ended it, and
+// ErrLeaseNotHeld when it was released or never held. It is the signal
+// to stop work done under the lease: derive contexts from it, or pass it
+// to context.AfterFunc, which costs no goroutine while the holding lasts.
+func (l *Lease) Context() context.Context {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.held {
-		return closedChan
+	if l.h.ctx == nil {
+		return errNeverHeldCtx
 	}
-	return l.done
+	return l.h.ctx
+}
+
+// Check reports, before any write, whether the lease can be used: its
+// configuration (ErrInvalidConfig) and whether its bucket can enforce its
+// TTL (ErrTTLNotSupported). It reads the bucket's policy, once per lease;
+// every operation does so at its first use anyway, so calling Check is
+// only a way to learn of a problem early. A server that cannot be
+// reached is reported too, as a transient error.
+func (l *Lease) Check(ctx context.Context) error {
+	if l.cfgErr != nil {
+		return l.cfgErr
+	}
+	l.opMu.Lock()
+	defer l.opMu.Unlock()
+	return l.prepare(ctx)
 }
 
 // prepare learns, once, what TTL the bucket can enforce.
@@ -186,11 +205,8 @@ func (l *Lease) prepare(ctx context.Context) error {
 	return nil
 }
 
-// attemptTimeout bounds one request, so that a request lost on a dead
-// connection is retried (or given up) well within a TTL.
-func (l *Lease) attemptTimeout() time.Duration {
-	return min(max(l.ttl/4, 250*time.Millisecond), 2*time.Second)
-}
+// attemptTimeout bounds one request (see attemptTimeout).
+func (l *Lease) attemptTimeout() time.Duration { return attemptTimeout(l.TTL()) }
 
 func (l *Lease) isOwner(value []byte) bool {
 	if l.cfg.IsOwner != nil {

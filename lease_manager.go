@@ -3,10 +3,12 @@ package natskvlease
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natskvlease/natskvlease/internal/turnstile"
 )
 
 // ErrAlreadyStarted is returned by LeaseManager.Start on a running
@@ -17,12 +19,11 @@ var ErrAlreadyStarted = errors.New("natskvlease: already started")
 // whenever it is free, renews it while held, and tries again after a
 // loss, until stopped.
 //
-// It watches the key, so a delete, purge or expiry marker written by the
-// server or by another holder's Release starts an acquisition at once,
-// with one write on the marker's revision: a graceful handoff takes
-// milliseconds, not a poll interval. Should the watch fall silent (it can
-// stall after a server restart), it polls, with jitter, half a TTL after
-// the watch last showed the key's holder.
+// It is a Lease composed, with no timer of its own: AcquireWait to take
+// the key (woken by the key's watch, so a graceful handoff takes
+// milliseconds, not a poll interval), KeepAlive to renew it, and the
+// lease's Done to learn of a loss. After a loss it waits for the key's
+// expiry marker rather than writing over its own lapsed value.
 //
 // Managers of one key on one bound KeyValue (see BindJetStream) in one
 // process take turns: one waits on the server, the others wait in the
@@ -31,32 +32,39 @@ var ErrAlreadyStarted = errors.New("natskvlease: already started")
 //
 // Callbacks in the LeaseConfig run as described for LeaseCallbacks.
 type LeaseManager struct {
-	lease *Lease
+	lease  *Lease
+	turns  *turnstile.Set // nil unless kv is bound
+	key    string
+	logger *slog.Logger
 
 	mu      sync.Mutex
 	started bool
 	stopped bool
 	cancel  context.CancelFunc
-	done    chan struct{}
+	ended   chan struct{} // closed when the campaign goroutine returns
+	err     error         // why the campaign ended on its own
 }
 
 // NewLeaseManager returns a manager for the lease cfg describes in kv.
 // An invalid configuration is reported by Start.
 func NewLeaseManager(kv jetstream.KeyValue, cfg LeaseConfig) *LeaseManager {
-	return &LeaseManager{lease: NewLease(kv, cfg)}
+	return &LeaseManager{
+		lease:  NewLease(kv, cfg),
+		turns:  turnsOf(kv),
+		key:    cfg.Key,
+		logger: orDiscard(cfg.Logger).With("key", cfg.Key),
+		ended:  make(chan struct{}),
+	}
 }
 
 // Start begins campaigning in a new goroutine and returns at once. The
-// campaign ends, releasing the lease, when ctx ends or Stop is called.
+// campaign ends, releasing the lease, when ctx ends or Stop is called,
+// or on its own on an error that retrying cannot cure (see Err).
 // Start reports a configuration error, or a TTL the bucket cannot honour,
 // before campaigning; server outages are not errors here, the campaign
 // retries until it reaches the server. Start after Stop returns
 // ErrProviderStopped; a second Start returns ErrAlreadyStarted.
 func (m *LeaseManager) Start(ctx context.Context) error {
-	l := m.lease
-	if l.cfgErr != nil {
-		return l.cfgErr
-	}
 	m.mu.Lock()
 	stopped, started := m.stopped, m.started
 	m.mu.Unlock()
@@ -66,8 +74,10 @@ func (m *LeaseManager) Start(ctx context.Context) error {
 	if started {
 		return ErrAlreadyStarted
 	}
-	if err := m.checkTTL(ctx); err != nil {
+	if err := m.lease.Check(ctx); IsFinal(err) {
 		return err
+	} else if err != nil {
+		m.logger.Warn("natskvlease: bucket not reachable yet; campaigning anyway", "error", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -78,32 +88,14 @@ func (m *LeaseManager) Start(ctx context.Context) error {
 		return ErrAlreadyStarted
 	}
 	loopCtx, cancel := context.WithCancel(ctx)
-	m.started, m.cancel, m.done = true, cancel, make(chan struct{})
+	m.started, m.cancel = true, cancel
 	go m.run(loopCtx)
-	return nil
-}
-
-// checkTTL learns the bucket's TTL policy now, so that a TTL it cannot
-// honour is an error from Start rather than a campaign that never wins.
-func (m *LeaseManager) checkTTL(ctx context.Context) error {
-	l := m.lease
-	l.opMu.Lock()
-	defer l.opMu.Unlock()
-	err := l.prepare(ctx)
-	if err != nil && (errors.Is(err, ErrTTLNotSupported) || errors.Is(err, ErrInvalidConfig)) {
-		return err
-	}
-	if err != nil {
-		l.logger.Warn("natskvlease: bucket not reachable yet; campaigning anyway", "error", err)
-	}
 	return nil
 }
 
 // Stop ends the campaign, releases the lease if held, and waits for the
 // campaign goroutine to end or ctx to end, whichever comes first. A second
-// Stop returns ErrProviderStopped. The key's watch outlives Stop briefly:
-// it is ended once it shows a successor's write, or half a second after
-// the release, so that deleting its consumer does not slow the handoff.
+// Stop returns ErrProviderStopped.
 func (m *LeaseManager) Stop(ctx context.Context) error {
 	m.mu.Lock()
 	if m.stopped {
@@ -111,18 +103,33 @@ func (m *LeaseManager) Stop(ctx context.Context) error {
 		return ErrProviderStopped
 	}
 	m.stopped = true
-	cancel, done := m.cancel, m.done
+	cancel := m.cancel
 	m.mu.Unlock()
 	if cancel == nil {
 		return nil // never started
 	}
 	cancel()
 	select {
-	case <-done:
+	case <-m.ended:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Ended returns a channel closed when the campaign has ended: by Stop,
+// by the end of Start's context, or on its own (see Err).
+func (m *LeaseManager) Ended() <-chan struct{} { return m.ended }
+
+// Err returns the error that ended the campaign on its own, once Ended
+// is closed: one that retrying cannot cure (see IsFinal), such as a
+// connection closed for good (errors.Is(err, nats.ErrConnectionClosed)).
+// It is nil while the campaign runs and after Stop or the end of
+// Start's context.
+func (m *LeaseManager) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
 }
 
 // IsHeld reports whether the lease is held now (see Lease.IsHeld).
@@ -139,141 +146,45 @@ func (m *LeaseManager) Deadline() time.Time { return m.lease.Deadline() }
 // already when not held).
 func (m *LeaseManager) Done() <-chan struct{} { return m.lease.Done() }
 
-// handoffWatchLinger bounds how long a stopped manager's watch waits for
-// a successor before it is deleted anyway.
-const handoffWatchLinger = 500 * time.Millisecond
-
-// run is the campaign: one goroutine that owns every operation on the
-// lease, driven by the key's watch and a timer.
+// run is the campaign: wait for the key, keep it until it is lost, and
+// again, until ctx ends.
 func (m *LeaseManager) run(ctx context.Context) {
-	defer close(m.done)
+	defer close(m.ended)
 	l := m.lease
-	var watcher *keyWatch
-	defer func() {
-		l.releaseAfterCancel()
-		// The watch ends once a successor shows up on it (see keyWatch);
-		// Stop need not wait for that.
-		if watcher != nil {
-			go watcher.stopAfterHandoff(l, handoffWatchLinger)
-		}
-	}()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	turns := turnsOf(l.ops.kv)
-	var pass func() // set while this manager has its key's turn to wait
-	defer func() {
-		if pass != nil {
-			pass()
-		}
-	}()
+	defer l.StopCamping() // stops the renewals and releases
 	for {
-		held := l.IsHeld()
+		err := m.acquire(ctx)
 		switch {
-		case held && pass != nil:
-			pass() // the next manager in the process watches while we hold
-			pass = nil
-		case !held && pass == nil && turns != nil:
-			// Managers of one key on one KeyValue wait on the server one
-			// at a time; while another has the turn, this one neither
-			// watches nor polls.
-			if watcher != nil {
-				go watcher.stop()
-				watcher = nil
-			}
-			p, err := turns.Wait(ctx, l.cfg.Key)
-			if err != nil {
-				return
-			}
-			pass = p
-			timer.Reset(0)
+		case ctx.Err() != nil:
+			return
+		case err != nil: // final
+			m.logger.Error("natskvlease: campaign ends", "error", err)
+			m.mu.Lock()
+			m.err = err
+			m.mu.Unlock()
+			return
 		}
-		var lost <-chan struct{}
-		if held {
-			lost = l.Done()
+		if err := l.KeepAlive(context.Background()); err != nil {
+			continue // lost at once
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-watcher.updates():
-			if !ok {
-				watcher.stop()
-				watcher = nil // re-created at the next tick
-				continue
-			}
-			if e == nil {
-				continue // the end of the initial values
-			}
-			if next, act := m.onEntry(ctx, e); act {
-				timer.Reset(next)
-			}
-		case <-lost:
-			timer.Reset(0)
-		case <-timer.C:
-			if watcher == nil {
-				watcher = m.lease.watch(ctx)
-			}
-			timer.Reset(m.tick(ctx, watcher != nil))
+		case <-l.Done(): // lost: campaign again
 		}
 	}
 }
 
-// tick renews a held lease, or tries to acquire a free one, and returns
-// the time to the next tick. With watched, the key's watch is running.
-func (m *LeaseManager) tick(ctx context.Context, watched bool) time.Duration {
-	l := m.lease
-	if l.IsHeld() {
-		if _, err := l.Renew(ctx); err != nil && ctx.Err() == nil {
-			l.logger.Debug("natskvlease: renew", "error", err)
+// acquire waits for the lease. Managers of one key on one bound KeyValue
+// wait on the server one at a time; while another has the turn, this
+// one neither watches nor polls.
+func (m *LeaseManager) acquire(ctx context.Context) error {
+	if m.turns != nil {
+		pass, err := m.turns.Wait(ctx, m.key)
+		if err != nil {
+			return err
 		}
-		return m.nextTick()
+		defer pass() // the next manager in the process waits while we hold
 	}
-	_, err := l.acquire(ctx, watched)
-	if recheck, lost := contended(err); lost {
-		// The other write is on its way to the watch, which resets the
-		// timer; look again soon in case it never lands.
-		return recheck
-	}
-	if err != nil && ctx.Err() == nil {
-		l.logger.Debug("natskvlease: acquire", "error", err)
-	}
-	return m.nextTick()
-}
-
-// onEntry reacts to a watched change of the key and returns the time to
-// the next tick if it changes. A marker while waiting means the key is
-// free: acquire now. A revision not ours while holding means we may have
-// lost it: renew now, which confirms or refutes that with one write.
-// Another's write while waiting shows the watch alive: the poll that
-// covers a silent watch starts again.
-func (m *LeaseManager) onEntry(ctx context.Context, e jetstream.KeyValueEntry) (next time.Duration, act bool) {
-	l := m.lease
-	s := snapshotOf(e)
-	l.observe(s)
-	ours := !s.vacant && l.isOwner(s.value)
-	l.mu.Lock()
-	held, rev := l.held && time.Now().Before(l.deadline), l.rev
-	l.mu.Unlock()
-	switch {
-	case held && s.rev > rev && !ours:
-		return m.tick(ctx, true), true
-	case held:
-		return 0, false
-	case s.vacant:
-		return m.tick(ctx, true), true
-	case !ours:
-		return m.nextTick(), true
-	}
-	return 0, false
-}
-
-// nextTick is the time to the next renewal while held, or to the next
-// poll while waiting: half a TTL with ±20% jitter, so that waiters do not
-// poll in step.
-func (m *LeaseManager) nextTick() time.Duration {
-	l := m.lease
-	ttl := l.TTL()
-	if l.IsHeld() {
-		return time.Duration(float64(ttl) * l.cfg.RenewRatio)
-	}
-	return pollInterval(ttl)
+	return m.lease.AcquireWait(ctx)
 }

@@ -101,8 +101,8 @@ func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
 }
 
 // TestLeaseManagerGracefulHandoff: a waiting manager is woken by the
-// delete marker of a graceful release, not by its poll (which is seconds
-// away at TTL 10s), and acquires within milliseconds.
+// purge marker of a graceful release, not by its poll (which is seconds
+// away at TTL 10s).
 func TestLeaseManagerGracefulHandoff(t *testing.T) {
 	srv := natstest.Start(t)
 	js, kv := testBucket(t, srv, 10*time.Second)
@@ -123,9 +123,8 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 		if err := waiter.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		// The holder's watch and the waiter's (the previous holder's ends
-		// once it has seen its successor).
-		natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 2 })
+		// The waiter's watch: a holder watches nothing.
+		natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 1 })
 		start := time.Now()
 		if err := holder.Stop(ctx); err != nil {
 			t.Fatal(err)
@@ -148,20 +147,19 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 	}
 	slices.Sort(took)
 	t.Logf("handoff after graceful release: min %v, median %v, max %v", took[0], took[len(took)/2], took[len(took)-1])
-	if med := took[len(took)/2]; med > 50*time.Millisecond {
-		t.Fatalf("median handoff %v; want within 50ms", med)
-	}
-	if took[len(took)-1] > time.Second {
+	// Speed is for the benchmarks; this only tells the watch from the
+	// poll, which is at least 4s away.
+	if took[len(took)-1] > 2*time.Second {
 		t.Fatalf("a handoff took %v: it waited for a poll, not the watch", took[len(took)-1])
 	}
 }
 
-// TestLeaseManagerSeesTakeoverThroughWatch: a holder whose key is
-// overwritten learns of the loss from the watch at once, long before its
-// TTL, and acquires again as soon as the key is deleted.
-func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
+// TestLeaseManagerSeesTakeover: a holder whose key is overwritten learns
+// of the loss at its next renewal, and acquires again as soon as the key
+// is deleted (purging the DEL marker first).
+func TestLeaseManagerSeesTakeover(t *testing.T) {
 	srv := natstest.Start(t)
-	_, kv := testBucket(t, srv, 10*time.Second)
+	_, kv := testBucket(t, srv, 3*time.Second)
 	ctx := natstest.Context(t)
 	var lost, acquired atomic.Int32
 	cfg := leaseCfg("job", "m")
@@ -177,11 +175,11 @@ func TestLeaseManagerSeesTakeoverThroughWatch(t *testing.T) {
 	if _, err := kv.Put(ctx, "job", []byte("intruder")); err != nil {
 		t.Fatal(err)
 	}
-	natstest.Eventually(t, time.Second, "loss noticed through the watch", func() bool { return !m.IsHeld() && lost.Load() == 1 })
+	natstest.Eventually(t, 3*time.Second, "loss noticed at the next renewal", func() bool { return !m.IsHeld() && lost.Load() == 1 })
 	if err := kv.Delete(ctx, "job"); err != nil {
 		t.Fatal(err)
 	}
-	natstest.Eventually(t, time.Second, "re-acquisition on the delete marker", func() bool { return acquired.Load() == 2 && m.IsHeld() })
+	natstest.Eventually(t, 3*time.Second, "re-acquisition after the delete", func() bool { return acquired.Load() == 2 && m.IsHeld() })
 	if m.Token() <= first {
 		t.Fatalf("token %d after %d", m.Token(), first)
 	}
@@ -211,11 +209,11 @@ func TestLeaseManagerCrowdTakesTurns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The holder's watch and one of the crowd's.
-	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 2 })
+	// One of the crowd's watches; a holder watches nothing.
+	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 1 })
 	for i := range 20 {
-		if n := consumers(t, js, kv.Bucket()); n != 2 {
-			t.Fatalf("check %d: %d watches (holder and %d waiters of one KeyValue); want 2", i, n, crowd)
+		if n := consumers(t, js, kv.Bucket()); n != 1 {
+			t.Fatalf("check %d: %d watches (%d waiters of one KeyValue); want 1", i, n, crowd)
 		}
 	}
 	if err := holder.Stop(ctx); err != nil {

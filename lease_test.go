@@ -50,7 +50,6 @@ func TestLeaseBadConfig(t *testing.T) {
 		{"empty value", kv, LeaseConfig{Key: "k"}},
 		{"negative ttl", kv, LeaseConfig{Key: "k", Value: []byte("a"), TTL: -time.Second}},
 		{"ratio negative", kv, LeaseConfig{Key: "k", Value: []byte("a"), RenewRatio: -0.1}},
-		{"ratio one", kv, LeaseConfig{Key: "k", Value: []byte("a"), RenewRatio: 1}},
 		{"ratio above one", kv, LeaseConfig{Key: "k", Value: []byte("a"), RenewRatio: 1.5}},
 		{"ratio NaN", kv, LeaseConfig{Key: "k", Value: []byte("a"), RenewRatio: math.NaN()}},
 	}
@@ -775,7 +774,7 @@ func TestLeaseLostAnswerIsAdopted(t *testing.T) {
 		t.Fatalf("server has %v, %v", e, err)
 	}
 	l.mu.Lock()
-	rev := l.rev
+	rev := l.h.rev
 	l.mu.Unlock()
 	if rev != e.Revision() {
 		t.Fatalf("lease holds revision %d, server has %d", rev, e.Revision())

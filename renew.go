@@ -30,17 +30,18 @@ func (l *Lease) Renew(ctx context.Context) (bool, error) {
 func (l *Lease) renewHolding(ctx context.Context, gen uint64) (bool, error) {
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
-	if g, _, _, ok := l.holding(); !ok || g != gen {
+	if h, ok := l.current(); !ok || h.gen != gen {
 		return false, ErrLeaseNotHeld
 	}
 	return l.renewLocked(ctx)
 }
 
 func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
-	gen, rev, deadline, ok := l.holding()
+	h, ok := l.current()
 	if !ok {
 		return false, ErrLeaseNotHeld
 	}
+	gen, rev, deadline := h.gen, h.rev, h.deadline
 	// The common case is one write that succeeds: give it one timer, the
 	// earlier of the attempt timeout and the safety deadline, and build
 	// the retry machinery only if it fails.
@@ -63,8 +64,9 @@ func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, first
 	lastErr := err
 	for opCtx.Err() == nil { // else the caller gave up, or the deadline passed: decided below
 		if !isRevisionMismatch(err) && !IsTransient(err) {
-			l.lose(gen, err)
-			return false, fmt.Errorf("%w: renewal refused: %w", ErrLeaseNotHeld, err)
+			cause := lossCause(fmt.Errorf("renewal refused: %w", err))
+			l.lose(gen, cause)
+			return false, fmt.Errorf("%w: %w", ErrLeaseNotHeld, cause)
 		}
 		snap, rerr := l.read(opCtx)
 		switch {
@@ -77,7 +79,7 @@ func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, first
 			return true, nil
 		case snap.vacant || snap.rev > rev:
 			l.observe(snap)
-			l.lose(gen, nil)
+			l.lose(gen, errTakenOver)
 			return false, nil
 		}
 		// Unchanged (a false conflict, or a write that never arrived),
@@ -97,6 +99,7 @@ func (l *Lease) renewRetry(ctx context.Context, gen, rev uint64, deadline, first
 	if ctx.Err() != nil && time.Now().Before(deadline) {
 		return false, errors.Join(ctx.Err(), lastErr)
 	}
-	l.lose(gen, lastErr)
-	return false, fmt.Errorf("%w: safety deadline passed while renewing: %w", ErrLeaseNotHeld, lastErr)
+	cause := fmt.Errorf("%w while renewing: %w", errDeadline, lastErr)
+	l.lose(gen, cause)
+	return false, fmt.Errorf("%w: %w", ErrLeaseNotHeld, cause)
 }

@@ -163,6 +163,27 @@ func IsTransient(err error) bool {
 	return false
 }
 
+// IsFinal reports whether err is one that waiting and retrying cannot
+// cure, so a caller that waits for a lease (AcquireWait, dlock's Lock,
+// LeaseManager, leadelect's Run) returns it instead of trying again: an
+// invalid configuration, a TTL or bucket the lease cannot use, a server
+// too old or without JetStream, a connection closed for good.
+func IsFinal(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrInvalidConfig),
+		errors.Is(err, ErrTTLNotSupported),
+		errors.Is(err, ErrBucketMismatch),
+		errors.Is(err, ErrNatsVersionNotSupported),
+		errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled),
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return true
+	}
+	return false
+}
+
 // isTransientAPIError: JetStream answers 503 while a stream or the meta
 // layer has no leader; only "not enabled" is a lasting 503.
 func isTransientAPIError(e *jetstream.APIError) bool {

@@ -2,26 +2,38 @@ package natskvlease
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// AcquireWait blocks until the lease is acquired or ctx ends. It watches
-// the key, so a release or expiry by the current holder wakes it at once
-// and the acquisition is one write on the marker's revision. Should the
-// watch fall silent, it polls: half a TTL (with jitter) after the last
-// sign of life. It returns nil once the lease is held, ctx's error if ctx
-// ends first, and at once any error that retrying cannot cure (an
-// invalid configuration, a TTL the bucket cannot honour).
+// AcquireWait blocks until the lease is acquired or ctx ends. It first
+// tries once, which on a free key is all it does; only if the key is
+// taken does it watch the key, so that a release or expiry by the holder
+// wakes it at once and the acquisition is one write on the marker's
+// revision. Should the watch fall silent, it polls: half a TTL (with
+// jitter) after the last sign of life.
+//
+// It returns nil once the lease is held, ctx's error if ctx ends first,
+// and at once any error that retrying cannot cure (see IsFinal): an
+// invalid configuration, a TTL the bucket cannot honour, a connection
+// closed for good (errors.Is(err, nats.ErrConnectionClosed)).
 //
 // When many waiters are woken by one release, each sends one write and
 // the losers learn of the winner from the watch, without reading the key.
 func (l *Lease) AcquireWait(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr
+	}
+	ok, err := l.acquire(ctx, false)
+	switch {
+	case ok:
+		return nil
+	case IsFinal(err):
+		return err
+	case ctx.Err() != nil:
+		return ctx.Err()
 	}
 	var w *keyWatch
 	defer func() {
@@ -39,8 +51,11 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 			return ctx.Err()
 		case e, ok := <-w.updates():
 			if !ok {
+				// Closed under us (a closed connection, a deleted
+				// consumer): look again now, and watch anew.
 				w.stop()
-				w = nil // closed under us: watch again at the next poll
+				w = nil
+				poll.Reset(0)
 				continue
 			}
 			if e == nil {
@@ -67,7 +82,7 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 			// the poll; look again soon in case it never lands.
 			poll.Reset(recheck)
 			continue
-		case errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrTTLNotSupported):
+		case IsFinal(err):
 			return err
 		case err != nil:
 			l.logger.Debug("natskvlease: acquire", "error", err)
@@ -115,29 +130,6 @@ func (k *keyWatch) updates() <-chan jetstream.KeyValueEntry {
 		return nil
 	}
 	return k.w.Updates()
-}
-
-// stopAfterHandoff stops the watch once it shows someone else's write
-// (a successor took the key), or after at most wait. Run after a release,
-// it keeps the deletion of the watch's consumer out of the successor's
-// way.
-func (k *keyWatch) stopAfterHandoff(l *Lease, wait time.Duration) {
-	if k == nil {
-		return
-	}
-	defer k.stop()
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for {
-		select {
-		case e, ok := <-k.w.Updates():
-			if !ok || e != nil && l.othersWrite(e) {
-				return
-			}
-		case <-t.C:
-			return
-		}
-	}
 }
 
 // stop ends the watch and deletes its consumer (a round trip).

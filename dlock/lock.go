@@ -11,8 +11,10 @@ import (
 	"github.com/natskvlease/natskvlease"
 )
 
-// Lock is one holding of a key, renewed in the background until Unlock
-// or until it is lost. Its methods are safe for concurrent use.
+// Lock is one holding of a key, renewed in the background by its lease
+// until Unlock or until it is lost. A held Lock costs no goroutine: its
+// lease renews it on a timer and reports a loss through its context.
+// Its methods are safe for concurrent use.
 type Lock struct {
 	client *Client
 	lease  *natskvlease.Lease
@@ -21,18 +23,11 @@ type Lock struct {
 	token  uint64
 	logger *slog.Logger
 
-	ctx      context.Context // ends when the holding ends
-	cancel   context.CancelCauseFunc
-	lost     chan struct{}
-	lostOnce sync.Once
-
-	stopped  chan struct{}  // closed by Unlock: the goroutines end
-	loops    sync.WaitGroup // the watch and renewal goroutines
-	renewCtx context.Context
-	// cancelRenew aborts a renewal in flight. Unlock lets one finish
-	// unless its own ctx ends first: an abandoned renewal may still be
-	// applied, leaving a revision the release would not know of.
-	cancelRenew context.CancelFunc
+	ctx        context.Context // ends when the holding ends
+	cancel     context.CancelCauseFunc
+	lost       chan struct{}
+	lostOnce   sync.Once
+	unhookLoss func() bool // stops the loss callback on the lease's context
 
 	mu       sync.Mutex // serializes Unlock
 	unlocked bool
@@ -123,30 +118,38 @@ func (c *Client) newLease(key, owner string) *natskvlease.Lease {
 	})
 }
 
-// hold turns a freshly acquired lease into a registered, renewing Lock.
+// hold turns a freshly acquired lease into a registered Lock, renewed
+// by the lease's own loop.
 func (c *Client) hold(lease *natskvlease.Lease, key, owner string) (*Lock, error) {
-	done := lease.Done() // before Token: a token read after it is of this holding
+	leaseCtx := lease.Context() // before Token: a token read after it is of this holding
 	token := lease.Token()
 	if token == 0 {
 		return nil, errLostAtOnce
 	}
 	// Renewals also record the token and the acquisition time, for Holder.
 	lease.UpdateValue(record{Owner: owner, Hostname: c.hostname, PID: c.pid, AcquiredAt: time.Now(), Token: token}.encode())
-	l := newLock(c, lease, key, owner, token)
+	l := &Lock{
+		client: c,
+		lease:  lease,
+		key:    key,
+		owner:  owner,
+		token:  token,
+		logger: c.logger.With("key", key, "token", token),
+		lost:   make(chan struct{}),
+	}
+	l.ctx, l.cancel = context.WithCancelCause(context.Background())
 	if err := c.register(l); err != nil { // Close began meanwhile
 		l.cancel(err)
-		l.cancelRenew()
 		c.releaseQuietly(lease)
 		return nil, fmt.Errorf("dlock: %q: %w", key, err)
 	}
-	l.logger.Debug("dlock: locked")
-	interval := lease.TTL() / 3
-	if interval <= 0 {
-		interval = c.ttl / 3
+	// The lease ends the holding at its safety deadline at the latest,
+	// even while a renewal hangs; this callback costs nothing until then.
+	l.unhookLoss = context.AfterFunc(leaseCtx, l.markLost)
+	if err := lease.KeepAlive(context.Background()); err != nil {
+		l.markLost() // lost between acquiring and now
 	}
-	l.loops.Add(2)
-	go l.watch(done)
-	go l.renew(done, interval)
+	l.logger.Debug("dlock: locked")
 	return l, nil
 }
 
@@ -156,22 +159,6 @@ func (c *Client) releaseQuietly(lease *natskvlease.Lease) {
 	if err := lease.Release(ctx); err != nil {
 		c.logger.Warn("dlock: release", "error", err)
 	}
-}
-
-func newLock(c *Client, lease *natskvlease.Lease, key, owner string, token uint64) *Lock {
-	l := &Lock{
-		client:  c,
-		lease:   lease,
-		key:     key,
-		owner:   owner,
-		token:   token,
-		logger:  c.logger.With("key", key, "token", token),
-		lost:    make(chan struct{}),
-		stopped: make(chan struct{}),
-	}
-	l.ctx, l.cancel = context.WithCancelCause(context.Background())
-	l.renewCtx, l.cancelRenew = context.WithCancel(context.Background())
-	return l
 }
 
 // Key returns the locked key.
@@ -201,8 +188,8 @@ func (l *Lock) Lost() <-chan struct{} { return l.lost }
 
 // Unlock releases the lock with one revision-checked purge, so that it
 // can never remove a later holder's key, and waiters take it at once.
-// Context is cancelled before the delete is sent. If the lock had been
-// lost, Unlock returns an error wrapping ErrLockLost; if the delete could
+// Context is cancelled before the purge is sent. If the lock had been
+// lost, Unlock returns an error wrapping ErrLockLost; if the purge could
 // not be confirmed, an error saying so (the key then expires after its
 // TTL). A second call returns nil.
 func (l *Lock) Unlock(ctx context.Context) error {
@@ -216,9 +203,9 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	if !l.lease.IsHeld() {
 		l.markLost()
 	}
+	l.unhookLoss() // a release is not a loss
 	l.cancel(nil)
-	l.stopRenewing(ctx)
-	err := l.lease.Release(ctx)
+	err := l.lease.Release(ctx) // stops the renewals first
 	switch {
 	case errors.Is(err, natskvlease.ErrLeaseNotHeld):
 		l.markLost()
@@ -230,50 +217,8 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	return nil
 }
 
-// watch marks the lock lost the moment the holding ends while no Unlock
-// has begun. The lease ends the holding at its safety deadline even while
-// a renewal hangs, so this is never late; it runs apart from renew so
-// that a hanging request cannot delay it either.
-func (l *Lock) watch(done <-chan struct{}) {
-	defer l.loops.Done()
-	select {
-	case <-done:
-		l.markLost()
-	case <-l.stopped:
-	}
-}
-
-// renew renews the lease every interval until Unlock stops it or the
-// holding ends.
-func (l *Lock) renew(done <-chan struct{}, interval time.Duration) {
-	defer l.loops.Done()
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stopped:
-			return
-		case <-done:
-			return
-		case <-t.C:
-			if ok, err := l.lease.Renew(l.renewCtx); !ok && l.renewCtx.Err() == nil {
-				l.logger.Debug("dlock: renewal failed", "error", err) // a loss is logged by markLost
-			}
-			t.Reset(interval)
-		}
-	}
-}
-
-// stopRenewing ends the goroutines, letting a renewal in flight finish
-// unless ctx ends first.
-func (l *Lock) stopRenewing(ctx context.Context) {
-	close(l.stopped)
-	stop := context.AfterFunc(ctx, l.cancelRenew)
-	l.loops.Wait()
-	stop()
-	l.cancelRenew()
-}
-
+// markLost marks the lock lost: called when the lease's holding ends
+// other than by Unlock.
 func (l *Lock) markLost() {
 	l.lostOnce.Do(func() {
 		l.cancel(fmt.Errorf("dlock: %q: %w", l.key, ErrLockLost))

@@ -21,10 +21,11 @@ const (
 	// DefaultRenewRatio is the fraction of the TTL between renewals used
 	// when Config.RenewRatio is zero.
 	DefaultRenewRatio = 1.0 / 3
-	// MaxRenewRatio is the largest RenewRatio: a renewal must start by
-	// half the TTL so that a failed one can be retried before the lease's
-	// safety deadline at nine tenths of it.
-	MaxRenewRatio = 0.5
+	// MaxRenewRatio is the largest RenewRatio. Larger ratios up to it are
+	// accepted, and the lease caps when it renews so that a failed
+	// renewal can be retried before its safety deadline (see
+	// natskvlease.LeaseConfig.RenewRatio).
+	MaxRenewRatio = 1.0
 )
 
 // Config configures an Election.

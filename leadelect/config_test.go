@@ -38,7 +38,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"TTL below 1s", js, with(func(c *leadelect.Config) { c.TTL = 999 * time.Millisecond }), "Config.TTL"},
 		{"negative TTL", js, with(func(c *leadelect.Config) { c.TTL = -time.Second }), "Config.TTL"},
 		{"negative RenewRatio", js, with(func(c *leadelect.Config) { c.RenewRatio = -0.1 }), "Config.RenewRatio"},
-		{"RenewRatio too large", js, with(func(c *leadelect.Config) { c.RenewRatio = 0.9 }), "Config.RenewRatio"},
+		{"RenewRatio too large", js, with(func(c *leadelect.Config) { c.RenewRatio = 1.5 }), "Config.RenewRatio"},
 		{"RenewRatio NaN", js, with(func(c *leadelect.Config) { c.RenewRatio = math.NaN() }), "Config.RenewRatio"},
 		{"too many replicas", js, with(func(c *leadelect.Config) { c.Replicas = 6 }), "Config.Replicas"},
 		{"negative replicas", js, with(func(c *leadelect.Config) { c.Replicas = -1 }), "Config.Replicas"},

@@ -189,18 +189,21 @@ func (e *Election) lead(ctx context.Context, lease *natskvlease.Lease, cb Callba
 		return 0, false // lost between acquiring and starting
 	}
 	work := t.startWork(cb.OnStartedLeading)
-	r := newRenewer(lease, e.cfg.RenewRatio, e)
-	defer r.timer.Stop()
-	r.keep(t.ctx.Done())
-	t.cancel()
+	// The lease renews itself until released; a loss ends t.ctx.
+	if err := lease.KeepAlive(context.Background()); err != nil {
+		t.cancel() // lost between acquiring and now
+	}
+	<-t.ctx.Done()
 	// Keep the key while the leader's work winds down, so that no one
 	// else starts leading before it has stopped. A lease lost meanwhile
 	// cannot be kept; the work is still waited for.
-	r.keep(work)
 	<-work
+	t.unhookLoss()
 	resigned = t.decide()
 	if resigned || ctx.Err() == nil || !e.cfg.KeepOnCancel {
 		t.setErr(e.release(lease))
+	} else {
+		lease.StopKeepAlive() // kept: it lapses after its TTL unless resumed
 	}
 	e.endTerm(t)
 	if cb.OnStoppedLeading != nil {

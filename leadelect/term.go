@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"time"
 
 	"github.com/natskvlease/natskvlease"
 )
@@ -20,6 +19,8 @@ type term struct {
 	ctx    context.Context // the leader context, marked with the term
 	cancel context.CancelFunc
 	ended  chan struct{} // closed once the term is over and no longer current
+	// unhookLoss stops cancelling ctx on the end of the lease's holding.
+	unhookLoss func() bool
 
 	mu       sync.Mutex
 	resigned bool
@@ -31,19 +32,11 @@ func newTerm(ctx context.Context, lease *natskvlease.Lease, token uint64) *term 
 	t := &term{lease: lease, token: token, ended: make(chan struct{})}
 	ctx, t.cancel = context.WithCancel(ctx)
 	t.ctx = context.WithValue(ctx, termKey{}, t)
-	go t.cancelOnLoss(lease.Done())
+	// The leader context ends the moment the holding does, even while a
+	// renewal hangs: the lease ends it at its safety deadline at the
+	// latest. The callback costs no goroutine until then.
+	t.unhookLoss = context.AfterFunc(lease.Context(), t.cancel)
 	return t
-}
-
-// cancelOnLoss cancels the leader context the moment the holding ends,
-// even while a renewal is blocked in a request. It returns when the
-// context is cancelled, which lead always does.
-func (t *term) cancelOnLoss(lost <-chan struct{}) {
-	select {
-	case <-lost:
-		t.cancel()
-	case <-t.ctx.Done():
-	}
 }
 
 // startWork runs fn(t.ctx) on a new goroutine; the channel returned is
@@ -96,38 +89,4 @@ func (t *term) setErr(err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.err = err
-}
-
-// renewer renews a held lease every TTL*RenewRatio.
-type renewer struct {
-	lease *natskvlease.Lease
-	every time.Duration
-	timer *time.Timer
-	e     *Election
-}
-
-func newRenewer(lease *natskvlease.Lease, ratio float64, e *Election) *renewer {
-	every := time.Duration(float64(lease.TTL()) * ratio)
-	return &renewer{lease: lease, every: every, timer: time.NewTimer(every), e: e}
-}
-
-// keep renews on schedule until stop is closed (true) or the lease is
-// lost (false). Renewals are never cancelled from outside (each is
-// bounded by the lease's safety deadline): a renewal whose answer was cut
-// off would leave the lease a revision behind the server, and the
-// release that follows would miss the key.
-func (r *renewer) keep(stop <-chan struct{}) bool {
-	for {
-		select {
-		case <-stop:
-			return true
-		case <-r.lease.Done():
-			return false
-		case <-r.timer.C:
-			if ok, err := r.lease.Renew(context.Background()); !ok {
-				r.e.logger.Warn("leadelect: leadership lost", "error", err)
-			}
-			r.timer.Reset(r.every)
-		}
-	}
 }
