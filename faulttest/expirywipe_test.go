@@ -125,7 +125,7 @@ var wipeRows = []wipeRow{
 	},
 	{
 		name: "D", what: "control: B acquires on the server's MaxAge marker",
-		lead: 4 * time.Second, xKind: "MaxAge", jitter: 300 * time.Millisecond,
+		lead: 4 * time.Second, xKind: "MaxAge", jitter: 270 * time.Millisecond,
 		prepare: func(ctx context.Context, e *expiryEnv, w *wipeConns, key string) (*natskvlease.Lease, error) {
 			a := newLease(w.a, key, "A")
 			if err := acquireNow(ctx, a); err != nil {
@@ -196,8 +196,8 @@ type wipeTrial struct {
 	marker   bool
 	writeOff time.Duration // when the aimed write reached the leader, relative to X's expiry
 	thawOff  time.Duration // when the freeze ended, relative to X's expiry
-	two      bool // a third lease acquired while the aimed lease held
-	leaderOK bool // the stream leader did not change
+	two      bool          // a third lease acquired while the aimed lease held
+	leaderOK bool          // the stream leader did not change
 }
 
 // evidence names how the trial shows that X expired while the aimed
@@ -267,7 +267,7 @@ func (s span) overlaps(o span) bool { return s.from < o.to && o.from < s.to }
 // delay, moving its X): it returns each trial's start and reserved
 // freeze window, relative to the schedule's start.
 func schedule(rows []wipeRow) (starts []time.Duration, windows []span) {
-	const prep, margin, step = 80 * time.Millisecond, 40 * time.Millisecond, 10 * time.Millisecond
+	const prep, margin, step = 60 * time.Millisecond, 25 * time.Millisecond, 10 * time.Millisecond
 	var busy []span
 	free := func(s span) bool {
 		for _, b := range busy {
@@ -293,7 +293,7 @@ func schedule(rows []wipeRow) (starts []time.Duration, windows []span) {
 }
 
 func TestExpiryWipesAcknowledgedWrite(t *testing.T) {
-	trials := envInt(t, "NATSKVLEASE_WIPE_TRIALS", 8)
+	trials := envInt(t, "NATSKVLEASE_WIPE_TRIALS", 6)
 	e := newExpiryEnv(t, "wipe")
 	w := &wipeConns{a: e.kv(), b: e.kv(), c: e.kv()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
