@@ -13,4 +13,10 @@
 //	SCENARIO <name> handoffs=.. faults=.. overlaps=0 regressions=0 spurious=.. max_gap=..
 //
 // for the README's table of figures.
+//
+// TestExpiryWipesAcknowledgedWrite and TestExpiryNemesis (issue 9) pause
+// every route of a route-proxied cluster around the instant a key's latest
+// revision expires. NATSKVLEASE_WIPE_TRIALS sets the trials per row of the
+// first (default 6); NATSKVLEASE_EXPIRY_FILE=1 puts both on a file storage
+// bucket instead of memory storage.
 package faulttest

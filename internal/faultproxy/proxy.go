@@ -15,6 +15,7 @@
 package faultproxy
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,13 @@ type Proxy struct {
 	blackhole atomic.Bool  // discard bytes in both directions
 	dropS2C   atomic.Bool  // discard server-to-client bytes
 	refuseNew atomic.Bool  // close new connections on accept
+	held      atomic.Int64 // chunks that waited out a freeze
+
+	// freezeMu guards thaw, which is non-nil while frozen and closed on
+	// unfreezing. A chunk is written under freezeMu's read lock, so that
+	// once Freeze(true) returns no write is in progress.
+	freezeMu sync.RWMutex
+	thaw     chan struct{}
 
 	mu     sync.Mutex
 	links  map[*link]struct{}
@@ -67,15 +75,25 @@ func (l *link) close() {
 // connection to target ("host:port"). The proxy is closed by t.Cleanup.
 func New(t testing.TB, target string) *Proxy {
 	t.Helper()
+	p, err := Listen(target)
+	if err != nil {
+		t.Fatalf("faultproxy: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// Listen is New for a caller that closes the proxy itself, when it must
+// outlive (or be closed in a set order with) other test resources.
+func Listen(target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("faultproxy: listen: %v", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	p := &Proxy{target: target, ln: ln, links: make(map[*link]struct{})}
 	p.wg.Add(1)
 	go p.acceptLoop()
-	t.Cleanup(p.Close)
-	return p
+	return p, nil
 }
 
 // Addr is the proxy's listening address, "127.0.0.1:port".
@@ -99,6 +117,30 @@ func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
 // the client's requests reach the server and take effect, but replies and
 // acks never arrive, which makes every write ambiguous to the client.
 func (p *Proxy) BlackholeServerToClient(on bool) { p.dropS2C.Store(on) }
+
+// Freeze holds every byte, in both directions, while on, and forwards
+// what it held, in order, once off: a pause of the network, not a
+// partition. Nothing is dropped, so the TCP streams and the protocol
+// sessions on them survive (as long as the freeze is shorter than the
+// peers' own timeouts). Once Freeze(true) has returned, no byte is
+// forwarded until Freeze(false). While frozen, each direction of a
+// connection holds one chunk in the proxy and the rest waits in the
+// kernel's socket buffers, so a sender is slowed only once those fill.
+func (p *Proxy) Freeze(on bool) {
+	p.freezeMu.Lock()
+	defer p.freezeMu.Unlock()
+	switch {
+	case on && p.thaw == nil:
+		p.thaw = make(chan struct{})
+	case !on && p.thaw != nil:
+		close(p.thaw)
+		p.thaw = nil
+	}
+}
+
+// HeldChunks returns how many chunks have waited out a freeze so far: a
+// freeze that held nothing did not touch the traffic.
+func (p *Proxy) HeldChunks() int64 { return p.held.Load() }
 
 // RefuseNew makes the proxy accept and immediately close new connections
 // while on. Open connections are unaffected.
@@ -217,8 +259,8 @@ func (p *Proxy) pump(l *link, dst, src net.Conn, drop func() bool) {
 	}
 }
 
-// forward waits out the configured delay and writes chunk to dst unless
-// drop is set by then. It reports false if the link is finished.
+// forward waits out the configured delay and any freeze, and writes
+// chunk to dst unless drop is set by then. It reports false if the link is finished.
 func (p *Proxy) forward(l *link, dst net.Conn, chunk []byte, drop func() bool) bool {
 	if d := time.Duration(p.delay.Load()); d > 0 {
 		timer := time.NewTimer(d)
@@ -229,9 +271,27 @@ func (p *Proxy) forward(l *link, dst net.Conn, chunk []byte, drop func() bool) b
 			return false
 		}
 	}
-	if drop() {
-		return true
+	waited := false
+	for {
+		p.freezeMu.RLock()
+		thaw := p.thaw
+		if thaw == nil {
+			var err error
+			if !drop() {
+				_, err = dst.Write(chunk)
+			}
+			p.freezeMu.RUnlock()
+			return err == nil
+		}
+		p.freezeMu.RUnlock()
+		if !waited {
+			waited = true
+			p.held.Add(1)
+		}
+		select {
+		case <-thaw:
+		case <-l.done:
+			return false
+		}
 	}
-	_, err := dst.Write(chunk)
-	return err == nil
 }

@@ -1,8 +1,10 @@
 package faultproxy_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"testing"
@@ -209,5 +211,130 @@ func TestCloseIsIdempotentAndStopsForwarding(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", p.Addr(), time.Second); err == nil {
 		c.Close()
 		t.Fatalf("proxy still accepts after Close")
+	}
+}
+
+// rawPair returns the two ends of one TCP connection through p's proxy
+// to a plain listener: the client end (dialled to the proxy) and the
+// server end (accepted by the listener).
+func rawPair(t *testing.T) (p *faultproxy.Proxy, client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p = faultproxy.New(t, ln.Addr().String())
+	client, err = net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(wait))
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return p, client, server
+}
+
+// readFull reads exactly n bytes from c within wait.
+func readFull(t *testing.T, c net.Conn, n int) []byte {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return buf
+}
+
+// expectSilence fails if c delivers any byte within d.
+func expectSilence(t *testing.T, c net.Conn, d time.Duration, side string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	var ne net.Error
+	if n > 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("%s received %d bytes (err %v) while frozen", side, n, err)
+	}
+}
+
+func TestFreezeHoldsThenDeliversInOrder(t *testing.T) {
+	p, client, server := rawPair(t)
+	// Healthy first, so the freeze is what stops the bytes.
+	client.Write([]byte("a"))
+	if got := readFull(t, server, 1); string(got) != "a" {
+		t.Fatalf("server got %q before freezing", got)
+	}
+
+	p.Freeze(true)
+	// Much more than one chunk client-to-server, so that order across
+	// chunks (and across the kernel's buffers) is checked too.
+	up := make([]byte, 300<<10)
+	for i := range up {
+		up[i] = byte(i % 251)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := client.Write(up)
+		wrote <- err
+	}()
+	down := []byte("xyz")
+	for _, b := range down {
+		if _, err := server.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.Eventually(t, wait, "a chunk held in each direction", func() bool { return p.HeldChunks() >= 2 })
+	expectSilence(t, server, 200*time.Millisecond, "server")
+	expectSilence(t, client, 50*time.Millisecond, "client")
+
+	p.Freeze(false)
+	if got := readFull(t, server, len(up)); !bytes.Equal(got, up) {
+		t.Fatalf("server got the %d frozen bytes out of order or altered", len(up))
+	}
+	if got := readFull(t, client, len(down)); !bytes.Equal(got, down) {
+		t.Fatalf("client got %q, want %q", got, down)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	// The connection survived.
+	client.Write([]byte("b"))
+	if got := readFull(t, server, 1); string(got) != "b" {
+		t.Fatalf("server got %q after unfreezing", got)
+	}
+	if n := p.Conns(); n != 1 {
+		t.Fatalf("Conns() = %d after the freeze, want 1", n)
+	}
+}
+
+func TestFreezeKeepsNATSConnection(t *testing.T) {
+	_, p := setup(t)
+	nc := natstest.Connect(t, p.URL())
+	if err := request(nc, 5*time.Second); err != nil {
+		t.Fatalf("request before freeze: %v", err)
+	}
+	p.Freeze(true)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- request(nc, wait) }()
+	select {
+	case err := <-done:
+		t.Fatalf("request answered while frozen (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	p.Freeze(false)
+	if err := <-done; err != nil {
+		t.Fatalf("request frozen then thawed: %v", err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("request took %v across a 300ms freeze", took)
+	}
+	if !nc.IsConnected() || nc.Stats().Reconnects != 0 {
+		t.Fatalf("the freeze broke the connection (connected %v, reconnects %d)", nc.IsConnected(), nc.Stats().Reconnects)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease/internal/faultproxy"
 )
 
 // ClusterSize is the number of nodes StartCluster runs.
@@ -39,6 +41,11 @@ type Cluster struct {
 	t     testing.TB
 	nodes []*Server
 	down  []bool
+
+	// proxies[i] stands in front of node i's cluster port when the
+	// cluster was started by StartRouteProxiedCluster; nil otherwise.
+	proxies      []*faultproxy.Proxy
+	routeProxied bool
 }
 
 // startAttempts is how often StartCluster retries with fresh ports when a
@@ -52,11 +59,28 @@ const startAttempts = 3
 // removed. It fails the test if the cluster is not ready within 30 s.
 func StartCluster(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
+	return startCluster(t, false, opts)
+}
+
+// StartRouteProxiedCluster is StartCluster with every route connection
+// going through a faultproxy: one proxy in front of each node's cluster
+// port, which the node advertises as its route address and which the
+// nodes' Routes name, so that neither the configured routes nor the ones
+// learnt by gossip bypass the proxies. Client connections are direct.
+// FreezeRoutes then pauses the traffic between the nodes without
+// touching any client. The proxies are closed after the nodes shut down.
+func StartRouteProxiedCluster(t testing.TB, opts ...Option) *Cluster {
+	t.Helper()
+	return startCluster(t, true, opts)
+}
+
+func startCluster(t testing.TB, routeProxied bool, opts []Option) *Cluster {
+	t.Helper()
 	// The first TempDir call registers the removal of all of the test's
 	// temporary directories; it must run after the nodes are shut down,
 	// so it is registered before the shutdown.
 	_ = t.TempDir()
-	c := &Cluster{t: t, down: make([]bool, ClusterSize)}
+	c := &Cluster{t: t, down: make([]bool, ClusterSize), routeProxied: routeProxied}
 	t.Cleanup(c.shutdownAll)
 	var err error
 	for range startAttempts {
@@ -65,7 +89,7 @@ func StartCluster(t testing.TB, opts ...Option) *Cluster {
 			return c
 		}
 		c.shutdownAll()
-		c.nodes = nil
+		c.nodes, c.proxies = nil, nil
 	}
 	t.Fatalf("natstest: start cluster: %v", err)
 	return nil
@@ -77,9 +101,21 @@ func (c *Cluster) startNodes(opts []Option) error {
 	routes := make([]string, len(ports))
 	for i, p := range ports {
 		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", p)
+		if c.routeProxied {
+			px, err := faultproxy.Listen(fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				return fmt.Errorf("route proxy for n%d: %w", i, err)
+			}
+			c.proxies = append(c.proxies, px)
+			routes[i] = "nats://" + px.Addr()
+		}
 	}
 	for i := range ClusterSize {
 		o := nodeOptions(c.t, i, ports[i], routes)
+		if c.routeProxied {
+			// Gossip tells the other nodes this address, not the port.
+			o.Cluster.Advertise = c.proxies[i].Addr()
+		}
 		for _, opt := range opts {
 			opt(o)
 		}
@@ -159,6 +195,48 @@ func (c *Cluster) shutdownAll() {
 		wg.Go(n.Shutdown)
 	}
 	wg.Wait()
+	for _, p := range c.proxies {
+		p.Close()
+	}
+}
+
+// FreezeRoutes pauses (on) or resumes (off) all traffic between the
+// nodes, in both directions, on every route: what is sent meanwhile is
+// held and delivered in order on resuming, so the routes survive. To a
+// stream leader it looks as if every follower had paused. Client
+// connections are not affected. It fails the test unless the cluster was
+// started by StartRouteProxiedCluster.
+func (c *Cluster) FreezeRoutes(on bool) {
+	c.t.Helper()
+	if !c.routeProxied {
+		c.t.Fatalf("natstest: FreezeRoutes on a cluster without route proxies")
+	}
+	for _, p := range c.proxies {
+		p.Freeze(on)
+	}
+}
+
+// RouteProxies returns the proxies in front of the nodes' cluster ports,
+// indexed by node (nil unless started by StartRouteProxiedCluster).
+func (c *Cluster) RouteProxies() []*faultproxy.Proxy {
+	return append([]*faultproxy.Proxy(nil), c.proxies...)
+}
+
+// RouteConns returns the number of route connections the running nodes
+// report (each connection counted once, not once per end) and the
+// number of connections open through the route proxies. On a route
+// proxied cluster they are equal when every route goes through a proxy.
+func (c *Cluster) RouteConns() (routes, proxied int) {
+	ends := 0
+	for i, n := range c.nodes {
+		if !c.down[i] {
+			ends += n.srv.NumRoutes()
+		}
+	}
+	for _, p := range c.proxies {
+		proxied += p.Conns()
+	}
+	return ends / 2, proxied
 }
 
 // Nodes returns the cluster's nodes, indexed like every other method. A

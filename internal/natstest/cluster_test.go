@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
@@ -174,4 +175,83 @@ func waitLocalLastSeq(t *testing.T, c *natstest.Cluster, i int, seq uint64) {
 		}
 		<-tick.C
 	}
+}
+
+// TestRouteProxiedClusterFreeze shows that the route proxies carry every
+// route, and that freezing them holds a replicated write (no quorum, no
+// ack) without breaking the routes or moving the stream's leadership: the
+// write is acknowledged once the routes resume.
+func TestRouteProxiedClusterFreeze(t *testing.T) {
+	c := natstest.StartRouteProxiedCluster(t)
+	_, js := c.JetStream()
+	createBucket(t, js)
+	leader := c.WaitStreamLeader(t, stream, wait)
+	for i := range natstest.ClusterSize {
+		c.WaitForStreamCurrent(t, i, stream, wait)
+	}
+	routes, proxied := c.RouteConns()
+	t.Logf("route connections: %d, through the proxies: %d", routes, proxied)
+	if routes == 0 || proxied != routes {
+		t.Fatalf("%d route connections, %d through the proxies: some route bypasses them", routes, proxied)
+	}
+
+	// Revision-checked writes, as a lease writes, from a client of the
+	// leader's node (not frozen).
+	nc := c.ConnectTo(leader)
+	ljs, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	write := func(ctx context.Context, last uint64) (uint64, error) {
+		m := &nats.Msg{Subject: "$KV." + bucket + ".k", Data: []byte("v"), Header: nats.Header{}}
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, fmt.Sprint(last))
+		ack, err := ljs.PublishMsg(ctx, m)
+		if err != nil {
+			return 0, err
+		}
+		return ack.Sequence, nil
+	}
+	first, err := write(ctx, 0)
+	if err != nil {
+		t.Fatalf("write before freezing: %v", err)
+	}
+
+	held := func() (n int64) {
+		for _, p := range c.RouteProxies() {
+			n += p.HeldChunks()
+		}
+		return n
+	}
+	heldBefore := held()
+	const freeze = 500 * time.Millisecond
+	c.FreezeRoutes(true)
+	frozenAt := time.Now()
+	acked := make(chan error, 1)
+	go func() {
+		_, err := write(ctx, first)
+		acked <- err
+	}()
+	select {
+	case err := <-acked:
+		c.FreezeRoutes(false)
+		t.Fatalf("write answered while the routes were frozen (err %v)", err)
+	case <-time.After(freeze):
+	}
+	c.FreezeRoutes(false)
+	if err := <-acked; err != nil {
+		t.Fatalf("write after resuming: %v", err)
+	}
+	took := time.Since(frozenAt)
+	if held() == heldBefore {
+		t.Fatalf("the freeze held no route traffic")
+	}
+	if got := c.StreamLeader(stream); got != leader {
+		t.Fatalf("stream leader moved from n%d to n%d across a %v freeze", leader, got, freeze)
+	}
+	if r, p := c.RouteConns(); r != routes || p != proxied {
+		t.Fatalf("routes changed across the freeze: %d/%d, were %d/%d", r, p, routes, proxied)
+	}
+	t.Logf("write acknowledged %v after a %v freeze; leader n%d throughout", took.Round(time.Millisecond), freeze, leader)
 }
