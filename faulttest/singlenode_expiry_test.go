@@ -143,19 +143,19 @@ type expiryKey struct {
 	gone   time.Time // when X was first seen removed
 	wSeq   uint64    // W's acknowledged sequence, 0 if not acknowledged
 	wErr   error
-	final  storedMsg
+	final  rawMsg
 	res    outcome
 }
 
-// storedMsg is a message as $JS.API.STREAM.MSG.GET returns it.
-type storedMsg struct {
+// rawMsg is a message as $JS.API.STREAM.MSG.GET returns it.
+type rawMsg struct {
 	Seq   uint64    `json:"seq"`
 	Hdrs  []byte    `json:"hdrs"`
 	Time  time.Time `json:"time"`
 	found bool
 }
 
-func (m storedMsg) header(name string) string {
+func (m rawMsg) header(name string) string {
 	for l := range strings.SplitSeq(string(m.Hdrs), "\r\n") {
 		if k, v, ok := strings.Cut(l, ":"); ok && strings.EqualFold(k, name) {
 			return strings.TrimSpace(v)
@@ -164,7 +164,7 @@ func (m storedMsg) header(name string) string {
 	return ""
 }
 
-func (m storedMsg) isMaxAgeMarker() bool {
+func (m rawMsg) isMaxAgeMarker() bool {
 	return m.found && m.header("Nats-Marker-Reason") == "MaxAge"
 }
 
@@ -473,29 +473,29 @@ func readLatest(t *testing.T, nc *nats.Conn, bucket string, keys []*expiryKey) {
 	}
 }
 
-func lastBySubject(nc *nats.Conn, bucket, key string) (storedMsg, error) {
+func lastBySubject(nc *nats.Conn, bucket, key string) (rawMsg, error) {
 	req := fmt.Sprintf(`{"last_by_subj":"$KV.%s.%s"}`, bucket, key)
 	msg, err := nc.Request("$JS.API.STREAM.MSG.GET.KV_"+bucket, []byte(req), 5*time.Second)
 	if err != nil {
-		return storedMsg{}, fmt.Errorf("get %s: %w", key, err)
+		return rawMsg{}, fmt.Errorf("get %s: %w", key, err)
 	}
 	var resp struct {
-		Message *storedMsg `json:"message"`
+		Message *rawMsg `json:"message"`
 		Error   *struct {
 			Code        int    `json:"code"`
 			Description string `json:"description"`
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return storedMsg{}, fmt.Errorf("get %s: %w", key, err)
+		return rawMsg{}, fmt.Errorf("get %s: %w", key, err)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.Code == 404:
-		return storedMsg{}, nil
+		return rawMsg{}, nil
 	case resp.Error != nil:
-		return storedMsg{}, fmt.Errorf("get %s: %s", key, resp.Error.Description)
+		return rawMsg{}, fmt.Errorf("get %s: %s", key, resp.Error.Description)
 	case resp.Message == nil:
-		return storedMsg{}, fmt.Errorf("get %s: empty response", key)
+		return rawMsg{}, fmt.Errorf("get %s: empty response", key)
 	}
 	m := *resp.Message
 	m.found = true
