@@ -62,8 +62,12 @@ func lastStored(t *testing.T, js jetstream.JetStream, bucket, key string) *jetst
 // revision-checked KV PURGE that carries the lease's TTL, never a DEL,
 // whose expiry the server turns into a rollup.
 func TestLeaseReleaseWritesPurgeMarker(t *testing.T) {
+	forEachStorage(t, testLeaseReleaseWritesPurgeMarker)
+}
+
+func testLeaseReleaseWritesPurgeMarker(t *testing.T, file bool) {
 	srv := natstest.Start(t)
-	js, kv := testBucket(t, srv, 10*time.Second)
+	js, kv := testBucketOn(t, srv, 10*time.Second, file)
 	ctx := natstest.Context(t)
 	l := NewLease(kv, LeaseConfig{Key: "job", Value: []byte("a"), TTL: 3 * time.Second})
 	mustAcquire(t, l)
@@ -124,8 +128,12 @@ func countWrites(t *testing.T, sub *nats.Subscription, keySubj, sentinelSubj str
 // someone else (kv.Delete) is purged, revision-checked, before the lease
 // writes on it; the lease never writes on the DEL itself.
 func TestLeaseAcquireOverDeleteMarkerPurgesFirst(t *testing.T) {
+	forEachStorage(t, testLeaseAcquireOverDeleteMarkerPurgesFirst)
+}
+
+func testLeaseAcquireOverDeleteMarkerPurgesFirst(t *testing.T, file bool) {
 	srv := natstest.Start(t)
-	js, kv := testBucket(t, srv, 10*time.Second)
+	js, kv := testBucketOn(t, srv, 10*time.Second, file)
 	ctx := natstest.Context(t)
 	rev, err := kv.Create(ctx, "job", []byte("someone"))
 	if err != nil {
@@ -161,8 +169,12 @@ func TestLeaseAcquireOverDeleteMarkerPurgesFirst(t *testing.T) {
 // though it is the lease's own: its expiry is due, and would wipe a write
 // placed on it. The lease waits for the server's expiry marker instead.
 func TestLeaseNeverWritesOverItsOwnLapsedValue(t *testing.T) {
+	forEachStorage(t, testLeaseNeverWritesOverItsOwnLapsedValue)
+}
+
+func testLeaseNeverWritesOverItsOwnLapsedValue(t *testing.T, file bool) {
 	srv := natstest.Start(t)
-	_, kv := testBucket(t, srv, 5*time.Second)
+	_, kv := testBucketOn(t, srv, 5*time.Second, file)
 	ctx := natstest.Context(t)
 	own := openBucket(t, srv, kv.Bucket())
 	l := NewLease(own, leaseCfg("job", "a"))
@@ -277,5 +289,15 @@ func prepared(t *testing.T, l *Lease) {
 	defer l.opMu.Unlock()
 	if err := l.prepare(natstest.Context(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// forEachStorage runs test for a memory and a file bucket, in parallel.
+func forEachStorage(t *testing.T, test func(t *testing.T, file bool)) {
+	for _, file := range []bool{false, true} {
+		t.Run(map[bool]string{false: "memory", true: "file"}[file], func(t *testing.T) {
+			t.Parallel()
+			test(t, file)
+		})
 	}
 }

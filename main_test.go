@@ -23,10 +23,17 @@ var bucketSeq atomic.Int64
 // on srv through a new connection, and returns it bound to its JetStream.
 func testBucket(t *testing.T, srv *natstest.Server, ttl time.Duration) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
+	return testBucketOn(t, srv, ttl, false)
+}
+
+// testBucketOn is testBucket, in file storage if file is set.
+func testBucketOn(t *testing.T, srv *natstest.Server, ttl time.Duration, file bool) (jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
 	_, js := srv.JetStream()
 	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), BucketConfig{
-		Bucket: fmt.Sprintf("leases_%d", bucketSeq.Add(1)),
-		TTL:    ttl,
+		Bucket:      fmt.Sprintf("leases_%d", bucketSeq.Add(1)),
+		TTL:         ttl,
+		FileStorage: file,
 	})
 	if err != nil {
 		t.Fatalf("GetOrCreateBucket: %v", err)
