@@ -87,25 +87,36 @@ func RetryWithConfig[T any](ctx context.Context, fn func() (T, error), cfg Retry
 	cfg = cfg.withDefaults()
 	b := newBackoff(cfg)
 	var zero T
+	var last error
 	for attempt := uint(1); ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return zero, err
+			return zero, joinLast(err, last)
 		}
 		v, err := fn()
 		if err == nil {
 			return v, nil
 		}
+		last = err
 		if !IsTransient(err) || attempt >= cfg.MaxRetries {
 			return zero, err
 		}
 		wait := b.NextBackOff()
 		if wait == backoff.Stop || !sleepCtx(ctx, wait) {
 			if ctx.Err() != nil {
-				return zero, errors.Join(ctx.Err(), err)
+				return zero, joinLast(ctx.Err(), err)
 			}
 			return zero, err
 		}
 	}
+}
+
+// joinLast is ctxErr, joined with the last error of the attempts made
+// before the context ended, if any.
+func joinLast(ctxErr, last error) error {
+	if last == nil {
+		return ctxErr
+	}
+	return errors.Join(ctxErr, last)
 }
 
 func newBackoff(cfg RetryConfig) *backoff.ExponentialBackOff {

@@ -373,6 +373,26 @@ func TestRetryNeverSleepsPastDeadline(t *testing.T) {
 	})
 }
 
+// TestRetryEndedContextKeepsLastError calls Retry many times with
+// deadlines that end during a backoff wait, at its end, or just after:
+// whenever the context's error is returned it comes joined with the last
+// attempt's error, never bare.
+func TestRetryEndedContextKeepsLastError(t *testing.T) {
+	cfg := RetryConfig{MaxRetries: 1000, MaxElapsedTime: time.Minute, InitialInterval: time.Millisecond, MaxInterval: 3 * time.Millisecond}
+	for i := range 400 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+i%15)*time.Millisecond)
+		calls := 0
+		_, err := RetryWithConfig(ctx, func() (int, error) {
+			calls++
+			return 0, nats.ErrTimeout
+		}, cfg)
+		cancel()
+		if calls > 0 && !errors.Is(err, nats.ErrTimeout) {
+			t.Fatalf("call %d: err = %v after %d attempts; want the last error (joined with the context's)", i, err, calls)
+		}
+	}
+}
+
 func TestIsTransient(t *testing.T) {
 	type tc struct {
 		name string
