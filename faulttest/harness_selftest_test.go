@@ -2,6 +2,7 @@ package faulttest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,4 +53,35 @@ func TestHarnessCatchesIgnoredLoss(t *testing.T) {
 		t.Fatalf("want one overlap and one regression, got %v", r)
 	}
 	t.Logf("caught as expected: %v", r)
+}
+
+// TestHarnessFailsWithoutFaults: a scenario whose contenders ran with no
+// fault injected is failed by its verdict, however clean its history.
+func TestHarnessFailsWithoutFaults(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := newScenario(t, "nofault", newBucketName("nofault"), nil)
+	_, js := srv.JetStream()
+	createBucket(t, ctx, js, s.bucket, 1, false)
+	for range 2 {
+		_, js := srv.JetStream()
+		s.addContender(openKV(t, ctx, js, s.bucket), nil)
+	}
+	s.start()
+	s.waitHandoffs(t, 3, "without faults")
+	s.stop()
+	s.wg.Wait()
+	r := s.chk.Check()
+	problems := verdict(r, s.st.faults.Load())
+	if len(problems) != 1 || !strings.Contains(problems[0], "no fault took effect") {
+		t.Fatalf("verdict of a run without faults = %q; want only 'no fault took effect'", problems)
+	}
+	// And the verdict's other checks fire on planted violations.
+	bad := checker.New()
+	bad.Add("a", 2, 0, 10)
+	bad.Add("b", 1, 5, 20)
+	if got := verdict(bad.Check(), 1); len(got) != 1 || !strings.Contains(got[0], "safety violated") {
+		t.Fatalf("verdict of a planted overlap = %q", got)
+	}
 }

@@ -221,12 +221,26 @@ func (s *scenario) finish() {
 	figures.Lock()
 	figures.lines = append(figures.lines, line)
 	figures.Unlock()
+	for _, p := range verdict(r, s.st.faults.Load()) {
+		t.Error(p)
+	}
+}
+
+// verdict lists why a scenario's run failed or proves nothing: safety
+// violated, no handoff at all, or no fault that took effect (a scenario
+// counts a fault only once it has seen it act).
+func verdict(r checker.Report, faults int64) []string {
+	var problems []string
 	if !r.OK() {
-		t.Errorf("safety violated: %v", r)
+		problems = append(problems, fmt.Sprintf("safety violated: %v", r))
 	}
 	if r.Handoffs == 0 {
-		t.Errorf("no handoffs at all: %v", r)
+		problems = append(problems, fmt.Sprintf("no handoffs at all: %v", r))
 	}
+	if faults == 0 {
+		problems = append(problems, "no fault took effect: the run proves nothing")
+	}
+	return problems
 }
 
 var figures struct {
