@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease/dlock"
@@ -442,5 +443,39 @@ func TestLocalWaitersQueue(t *testing.T) {
 		if got[i] <= got[i-1] {
 			t.Fatalf("tokens %v: want them strictly increasing in the order taken", got)
 		}
+	}
+}
+
+// TestLockEndsOnClosedConnection: a Lock waiting on a connection that is
+// closed for good returns within a second, with an error wrapping
+// nats.ErrConnectionClosed, instead of waiting for its context.
+func TestLockEndsOnClosedConnection(t *testing.T) {
+	e := newEnv(t, 10*time.Second)
+	holder, _ := e.client()
+	ctx := natstest.Context(t)
+	l, err := holder.Lock(ctx, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Unlock(ctx) }()
+	waiter, nc := e.client()
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Lock(context.Background(), "job")
+		done <- err
+	}()
+	natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	closed := time.Now()
+	nc.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			t.Fatalf("Lock = %v; want an error wrapping nats.ErrConnectionClosed", err)
+		}
+		if took := time.Since(closed); took > time.Second {
+			t.Fatalf("Lock returned %v after its connection closed; want within a second", took)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lock still waiting 10s after its connection was closed")
 	}
 }

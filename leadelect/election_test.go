@@ -452,3 +452,26 @@ func TestPartitionedLeaderStepsDownFirst(t *testing.T) {
 		t.Fatalf("%s led after %v, want b within TTL + 1s", next.name, took)
 	}
 }
+
+// TestWaitingCandidateEndsOnClosedConnection: a candidate waiting for
+// the key on a connection closed for good ends its Run within a second
+// with an error wrapping nats.ErrConnectionClosed.
+func TestWaitingCandidateEndsOnClosedConnection(t *testing.T) {
+	v := newEnv(t)
+	a := newArena(t)
+	ea, _ := v.candidate(v.config("a"))
+	eb, ncb := v.candidate(v.config("b"))
+	run(t, ea, a.callbacks("a"))
+	a.next()
+	rb := run(t, eb, a.callbacks("b"))
+	leaderIs(t, eb, "a")
+	start := time.Now()
+	ncb.Close()
+	err := rb.wait()
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the waiting candidate's Run returned %v after its connection closed; want within a second", took)
+	}
+	if !errors.Is(err, nats.ErrConnectionClosed) {
+		t.Fatalf("waiting candidate's Run: %v, want ErrConnectionClosed", err)
+	}
+}
