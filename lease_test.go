@@ -583,7 +583,7 @@ func TestLeaseOnLostAtDeadlineExactlyOnce(t *testing.T) {
 	}
 	select {
 	case at := <-lostAt:
-		if late := at.Sub(deadline); late > 200*time.Millisecond {
+		if late := at.Sub(deadline); late > time.Second {
 			t.Fatalf("OnLost ran %v after the deadline", late)
 		}
 	case <-time.After(5 * time.Second):
@@ -809,7 +809,7 @@ func TestLeaseHangingRenewLosesAtDeadline(t *testing.T) {
 	go func() { _, _ = l.Renew(context.Background()); returned <- time.Now() }()
 	select {
 	case <-l.Done():
-		if late := time.Since(deadline); late > 200*time.Millisecond {
+		if late := time.Since(deadline); late > time.Second {
 			t.Fatalf("Done closed %v after the deadline", late)
 		}
 	case <-time.After(5 * time.Second):
@@ -821,7 +821,7 @@ func TestLeaseHangingRenewLosesAtDeadline(t *testing.T) {
 	for _, ch := range []chan time.Time{lostAt, returned} {
 		select {
 		case at := <-ch:
-			if late := at.Sub(deadline); late > 500*time.Millisecond {
+			if late := at.Sub(deadline); late > time.Second {
 				t.Fatalf("%v after the deadline", late)
 			}
 		case <-time.After(5 * time.Second):

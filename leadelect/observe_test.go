@@ -178,7 +178,7 @@ func TestCancelWhileAcquiringLeavesNoValue(t *testing.T) {
 	v := newEnv(t)
 	_, js := v.srv.JetStream()
 	for i := range 30 {
-		cfg := v.config("a")
+		cfg := v.slowPollConfig("a")
 		cfg.Key = fmt.Sprintf("k%d", i)
 		e, err := leadelect.New(js, cfg)
 		if err != nil {
