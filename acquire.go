@@ -134,8 +134,7 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 			// write it has stored but not yet cleared, such as the very
 			// marker this attempt was written on; a short recheck bounds
 			// what that costs.
-			took := time.Since(sentAt)
-			return false, &contendedError{recheck: min(2*took+5*time.Millisecond, l.attemptTimeout())}
+			return false, &contendedError{recheck: contentionRecheck(time.Since(sentAt), l.attemptTimeout())}
 		case isRevisionMismatch(err):
 			// Someone wrote first, or a false conflict: the read decides.
 		case IsTransient(err):
@@ -147,6 +146,16 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 		}
 	}
 	return false, fmt.Errorf("natskvlease: acquire %q gave up: %w", l.cfg.Key, lastErr)
+}
+
+// contentionRecheck is how long a waiter that lost the race for a
+// vacancy trusts its watch to show the winner's write before it reads
+// and tries again: twice the lost write's round trip (took), plus 5ms,
+// and never more than one attempt's timeout. A replicated stream also
+// refuses a write as "in flight" for a marker it has just stored, so
+// the winner may be no one; the bound keeps that from costing a poll.
+func contentionRecheck(took, attempt time.Duration) time.Duration {
+	return min(2*took+5*time.Millisecond, attempt)
 }
 
 // step is what an acquisition does next with the key as last seen.

@@ -577,3 +577,31 @@ func FuzzIsTransient(f *testing.F) {
 		}
 	})
 }
+
+func TestIsFinal(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"closed connection", nats.ErrConnectionClosed, true},
+		{"wrapped closed connection", fmt.Errorf("acquire: %w", nats.ErrConnectionClosed), true},
+		{"invalid config", configError("LeaseConfig.Key", "is empty"), true},
+		{"TTL not supported", fmt.Errorf("%w: too long", ErrTTLNotSupported), true},
+		{"bucket mismatch", fmt.Errorf("%w: MaxAge", ErrBucketMismatch), true},
+		{"old server", fmt.Errorf("%w: 2.10.0", ErrNatsVersionNotSupported), true},
+		{"JetStream off", jetstream.ErrJetStreamNotEnabled, true},
+		{"JetStream off for the account", jetstream.ErrJetStreamNotEnabledForAccount, true},
+		{"timeout", nats.ErrTimeout, false},
+		{"no responders", nats.ErrNoResponders, false},
+		{"disconnected", nats.ErrDisconnected, false},
+		{"revision mismatch", jetstream.ErrKeyRevisionMismatch, false},
+		{"context ended", context.Canceled, false},
+	}
+	for _, tc := range cases {
+		if got := IsFinal(tc.err); got != tc.want {
+			t.Errorf("IsFinal(%s) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
