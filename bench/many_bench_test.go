@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/dlock"
 )
 
 // manyTTL is the TTL of the leases of BenchmarkManyLeases: renewed every
@@ -160,4 +161,77 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkManyLocks: NATSKVLEASE_BENCH_LEASES dlock locks (default
+// 1000) held through one Client, renewed by their leases, for
+// NATSKVLEASE_BENCH_DURATION (default 15s), against a server in its own
+// process. It reports goroutines-before and goroutines-after (the
+// process's goroutines without and with the locks held),
+// goroutines/lock, heap-B/lock, cpu-µs/renewal and lost.
+func BenchmarkManyLocks(b *testing.B) {
+	n := envInt(b, "NATSKVLEASE_BENCH_LEASES", 1000)
+	hold := envDuration(b, "NATSKVLEASE_BENCH_DURATION", 15*time.Second)
+	srv := startChildServer(b)
+	ctx := benchContext(b)
+	nc := connectChild(b, srv.url)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := dlock.New(ctx, js, dlock.WithBucket("manylocks"), dlock.WithTTL(manyTTL))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = client.Close(context.Background()) }()
+	heap0, _, g0 := memory()
+	for b.Loop() {
+		locks := make([]*dlock.Lock, n)
+		var wg sync.WaitGroup
+		var next atomic.Int64
+		start := time.Now()
+		for range acquirers {
+			wg.Go(func() {
+				for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+					l, err := client.TryLock(ctx, fmt.Sprintf("lock.%d", i))
+					if err != nil {
+						b.Errorf("TryLock %d: %v", i, err)
+						return
+					}
+					locks[i] = l
+				}
+			})
+		}
+		wg.Wait()
+		if b.Failed() {
+			b.FailNow()
+		}
+		acquired := time.Since(start)
+		heap1, _, g1 := memory()
+		cpu0, renewals0 := processCPU(), renewalsSent(nc)
+		held := time.Now()
+		time.Sleep(hold)
+		heldFor := time.Since(held)
+		cpu, renewals := processCPU()-cpu0, renewalsSent(nc)-renewals0
+		lost := 0
+		for _, l := range locks {
+			if l.Context().Err() != nil {
+				lost++
+			}
+		}
+		for _, l := range locks {
+			_ = l.Unlock(ctx)
+		}
+		b.ReportMetric(float64(n), "locks")
+		b.ReportMetric(heldFor.Seconds(), "held-s")
+		b.ReportMetric(acquired.Seconds(), "acquire-s")
+		b.ReportMetric(float64(g0), "goroutines-before")
+		b.ReportMetric(float64(g1), "goroutines-after")
+		b.ReportMetric(float64(g1-g0)/float64(n), "goroutines/lock")
+		b.ReportMetric(float64(heap1-heap0)/float64(n), "heap-B/lock")
+		if renewals > 0 {
+			b.ReportMetric(micros(cpu)/float64(renewals), "cpu-µs/renewal")
+		}
+		b.ReportMetric(float64(lost), "lost")
+	}
 }
