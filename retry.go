@@ -10,6 +10,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natskvlease/natskvlease/internal/wait"
 )
 
 const (
@@ -100,8 +101,8 @@ func RetryWithConfig[T any](ctx context.Context, fn func() (T, error), cfg Retry
 		if !IsTransient(err) || attempt >= cfg.MaxRetries {
 			return zero, err
 		}
-		wait := b.NextBackOff()
-		if wait == backoff.Stop || !sleepCtx(ctx, wait) {
+		d := b.NextBackOff()
+		if d == backoff.Stop || !wait.Sleep(ctx, d) {
 			if ctx.Err() != nil {
 				return zero, joinLast(ctx.Err(), err)
 			}
@@ -125,23 +126,6 @@ func newBackoff(cfg RetryConfig) *backoff.ExponentialBackOff {
 		backoff.WithMaxInterval(cfg.MaxInterval),
 		backoff.WithMaxElapsedTime(cfg.MaxElapsedTime),
 	)
-}
-
-// sleepCtx waits for d and reports true, or reports false at once if ctx
-// would end before d has passed, so that no caller sleeps past its
-// deadline only to find its context done.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-		return false
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // IsTransient reports whether err is worth retrying: the operation may
@@ -230,5 +214,5 @@ func (lb *lazyBackoff) pause(ctx context.Context) bool {
 		lb.b = newBackoff(lb.cfg)
 	}
 	d := lb.b.NextBackOff()
-	return d != backoff.Stop && sleepCtx(ctx, d)
+	return d != backoff.Stop && wait.Sleep(ctx, d)
 }

@@ -50,7 +50,7 @@ func openBucket(ctx context.Context, js jetstream.JetStream, spec bucketSpec, lo
 	if err != nil {
 		return nil, fmt.Errorf("leadelect: opening bucket %q: %w", spec.name, err)
 	}
-	if err := checkBucket(ctx, kv, spec.ttl); err != nil {
+	if err := checkBucket(ctx, kv); err != nil {
 		return nil, err
 	}
 	return natskvlease.BindJetStream(kv, js), nil
@@ -71,12 +71,10 @@ func createBucket(ctx context.Context, js jetstream.JetStream, spec bucketSpec, 
 	return kv, err
 }
 
-// checkBucket refuses a bucket that cannot run an election: one without
-// expiry markers (a dead leader's expiry would be silent, and no
-// candidate would be woken) or, for a candidate, with a MaxAge shorter
-// than its TTL. A bucket shared by elections of different TTLs is fine
-// as long as its MaxAge is at least each TTL.
-func checkBucket(ctx context.Context, kv jetstream.KeyValue, ttl time.Duration) error {
+// checkBucket refuses a bucket without expiry markers: a dead leader's
+// expiry would be silent, and no candidate would be woken. Whether it
+// can enforce a candidate's TTL is the lease's own rule (Lease.Check).
+func checkBucket(ctx context.Context, kv jetstream.KeyValue) error {
 	st, err := natskvlease.Retry(ctx, func() (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
 	if err != nil {
 		return fmt.Errorf("leadelect: reading bucket %q: %w", kv.Bucket(), err)
@@ -85,19 +83,8 @@ func checkBucket(ctx context.Context, kv jetstream.KeyValue, ttl time.Duration) 
 		return fmt.Errorf("%w: bucket %q has no LimitMarkerTTL, so expiries leave no marker to wake candidates; create it with natskvlease.KVHelper or let leadelect create it",
 			natskvlease.ErrBucketMismatch, kv.Bucket())
 	}
-	if ttl > 0 && st.TTL() > 0 && st.TTL() < ttl {
-		return fmt.Errorf("%w: Config.TTL %v exceeds bucket %q MaxAge %v, which would expire leadership early",
-			natskvlease.ErrTTLNotSupported, ttl, kv.Bucket(), st.TTL())
-	}
 	return nil
 }
 
 // permanent reports errors that retrying cannot cure.
-func permanent(err error) bool {
-	return errors.Is(err, natskvlease.ErrInvalidConfig) ||
-		errors.Is(err, natskvlease.ErrBucketMismatch) ||
-		errors.Is(err, natskvlease.ErrTTLNotSupported) ||
-		errors.Is(err, natskvlease.ErrNatsVersionNotSupported) ||
-		errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
-		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
-}
+func permanent(err error) bool { return natskvlease.IsFinal(err) }

@@ -184,6 +184,12 @@ func (e *Election) open(ctx context.Context) (*natskvlease.Lease, error) {
 			Logger:     e.logger,
 		})
 	}
+	// The lease's own rule decides whether the bucket can enforce the
+	// TTL (at most its MaxAge; per-message TTLs or a MaxAge to expire a
+	// dead leader), as it does for every lease.
+	if err := e.lease.Check(ctx); err != nil {
+		return nil, err
+	}
 	return e.lease, nil
 }
 

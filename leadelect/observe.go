@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/natskvlease/natskvlease/internal/wait"
 )
 
 const (
@@ -224,14 +225,7 @@ func (f *follower) alive(ctx context.Context) bool {
 	return true
 }
 
-func (f *follower) pause(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
+func (f *follower) pause(ctx context.Context, d time.Duration) { wait.Sleep(ctx, d) }
 
 // offer sends v on ch without ever blocking: when ch's buffer is full it
 // drops the oldest unread value to make room, so a slow reader still

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/internal/wait"
 )
 
 // Callbacks are told of the election's course. Each may be nil.
@@ -113,7 +114,7 @@ func (e *Election) finish() {
 
 // openRetrying opens the bucket, retrying what may be transient.
 func (e *Election) openRetrying(ctx context.Context) (*natskvlease.Lease, error) {
-	wait := rewatchDelay
+	delay := rewatchDelay
 	for {
 		lease, err := e.open(ctx)
 		switch {
@@ -126,11 +127,11 @@ func (e *Election) openRetrying(ctx context.Context) (*natskvlease.Lease, error)
 		case e.js.Conn().IsClosed():
 			return nil, errConnClosed
 		}
-		e.logger.Warn("leadelect: cannot open the election's bucket yet; retrying", "error", err, "in", wait)
-		if !sleep(ctx, wait) {
+		e.logger.Warn("leadelect: cannot open the election's bucket yet; retrying", "error", err, "in", delay)
+		if !wait.Sleep(ctx, delay) {
 			return nil, ctx.Err()
 		}
-		wait = min(2*wait, 5*time.Second)
+		delay = min(2*delay, 5*time.Second)
 	}
 }
 
@@ -260,16 +261,5 @@ func notifyLeaders(ctx context.Context, in <-chan LeaderInfo, fn func(id string)
 		if fn != nil && !info.Vacant() && ctx.Err() == nil {
 			fn(info.ID)
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
