@@ -19,8 +19,8 @@ func TestCloseReleasesLocks(t *testing.T) {
 	b, _ := e.client()
 	l1 := mustLock(t, a, "k1")
 	l2 := mustLock(t, a, "k2")
-	if _, err := b.TryLock(natstest.Context(t), "k1"); !errors.Is(err, dlock.ErrLocked) {
-		t.Fatalf("TryLock on a held key: %v", err)
+	if _, err := b.TryLock(natstest.Context(t), "k1"); !errors.Is(err, dlock.ErrLocked) || !errors.Is(err, natskvlease.ErrLeaseExists) {
+		t.Fatalf("TryLock on a held key: %v; want it to wrap ErrLocked and natskvlease.ErrLeaseExists", err)
 	}
 	if err := a.Close(natstest.Context(t)); err != nil {
 		t.Fatalf("Close: %v", err)

@@ -3,6 +3,8 @@ package dlock
 import (
 	"errors"
 	"fmt"
+
+	"github.com/natskvlease/natskvlease"
 )
 
 // Errors returned by this package, in addition to the natskvlease
@@ -40,5 +42,7 @@ func (e *LockedError) Error() string {
 		e.Key, ErrLocked, h.Owner, h.Hostname, h.PID, h.Token)
 }
 
-// Unwrap lets errors.Is(err, ErrLocked) hold.
-func (e *LockedError) Unwrap() error { return ErrLocked }
+// Unwrap lets errors.Is(err, ErrLocked) hold, and
+// errors.Is(err, natskvlease.ErrLeaseExists) for code written against
+// the lease package's sentinel.
+func (e *LockedError) Unwrap() []error { return []error{ErrLocked, natskvlease.ErrLeaseExists} }
