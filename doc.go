@@ -50,9 +50,13 @@
 // # Which type to use
 //
 // Lease is the building block: Acquire, Renew and Release by hand, or
-// RunCamping to renew in the background (on a timer, with no goroutine
-// per lease while it waits, so a process can hold thousands). AcquireWait
-// blocks until the lease is free and acquired. LeaseManager campaigns for
-// ever: it acquires whenever the key is free, which suits a leader role.
-// Create buckets with KVHelper.GetOrCreateBucket.
+// KeepAlive to renew a holding in the background (on a timer, with no
+// goroutine per lease while it waits, so a process can hold thousands);
+// RunCamping is Acquire then KeepAlive. AcquireWait blocks until the
+// lease is free and acquired. Context (and Done) end the moment a
+// holding ends: derive the context of work done under the lease from it.
+// LeaseManager campaigns for ever: it acquires whenever the key is free,
+// which suits a leader role. dlock and leadelect are built the same way,
+// from AcquireWait, KeepAlive and Context. Create buckets with
+// KVHelper.GetOrCreateBucket.
 package natskvlease
