@@ -57,6 +57,10 @@ type LeaseConfig struct {
 	Callbacks LeaseCallbacks
 	// Logger receives the lease's logs. Nil discards them.
 	Logger *slog.Logger
+	// Metrics receives the lease's events (operations, acquisitions,
+	// renewals and their margin, losses by cause, releases, handoffs).
+	// Nil reports nothing. See Metrics.
+	Metrics Metrics
 }
 
 const defaultRenewRatio = 1.0 / 3

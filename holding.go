@@ -91,6 +91,7 @@ func (l *Lease) becomeHolder(rev uint64, sentAt time.Time) {
 	}
 	l.seenOK = false
 	l.armWatchdog()
+	l.record(Event{Kind: EventAcquired, Token: rev})
 	l.logger.Debug("natskvlease: acquired", "token", rev)
 	l.callbacks.post(l.cfg.Callbacks.OnAcquired)
 }
@@ -104,6 +105,7 @@ func (l *Lease) extend(gen, rev uint64, sentAt time.Time) {
 		return
 	}
 	l.h.rev = rev
+	l.record(Event{Kind: EventRenewed, Left: time.Until(l.h.deadline)})
 	if d := safetyDeadline(sentAt, l.ttl); d.After(l.h.deadline) {
 		l.h.deadline, l.h.sentAt = d, sentAt
 	}
@@ -146,10 +148,12 @@ func (l *Lease) endLocked(released bool, cause error) {
 		l.watchdog.Stop()
 	}
 	if released {
+		l.record(Event{Kind: EventReleased})
 		l.logger.Debug("natskvlease: released")
 		l.callbacks.post(l.cfg.Callbacks.OnReleased)
 		return
 	}
+	l.record(Event{Kind: EventLost, Cause: causeOf(cause)})
 	l.logger.Warn("natskvlease: lease lost", "cause", cause)
 	if l.seenOK && l.seen.rev > l.h.rev {
 		l.h.rev = 0 // taken or purged: nothing of ours left to purge

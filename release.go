@@ -22,25 +22,32 @@ func (l *Lease) Release(ctx context.Context) error {
 	return l.release(ctx)
 }
 
-func (l *Lease) release(ctx context.Context) error {
+func (l *Lease) release(ctx context.Context) (err error) {
+	defer func(start time.Time) {
+		if !errors.Is(err, ErrLeaseNotHeld) {
+			l.recordOp(OpRelease, start, true, err)
+		}
+	}(time.Now())
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
 	rev, wasHeld := l.endForRelease()
 	if rev == 0 {
 		return ErrLeaseNotHeld
 	}
-	err := l.deleteRevision(ctx, rev)
+	perr := l.purgeRevision(ctx, rev)
 	switch {
 	case !wasHeld:
 		return ErrLeaseNotHeld
-	case err != nil:
+	case perr != nil:
 		// The holding has ended locally; the key expires on its own.
-		return fmt.Errorf("natskvlease: release of %q not confirmed (the key expires after its TTL): %w", l.cfg.Key, err)
+		return fmt.Errorf("natskvlease: release of %q not confirmed (the key expires after its TTL): %w", l.cfg.Key, perr)
 	}
 	return nil
 }
 
-func (l *Lease) deleteRevision(ctx context.Context, rev uint64) error {
+// purgeRevision purges our revision rev, following a renewal of ours whose
+// answer was lost to its newer revision.
+func (l *Lease) purgeRevision(ctx context.Context, rev uint64) error {
 	b := lazyBackoff{cfg: l.retry}
 	for {
 		markerRev, err := l.purgeAttempt(ctx, rev)

@@ -36,7 +36,8 @@ func (l *Lease) renewHolding(ctx context.Context, gen uint64) (bool, error) {
 	return l.renewLocked(ctx)
 }
 
-func (l *Lease) renewLocked(ctx context.Context) (bool, error) {
+func (l *Lease) renewLocked(ctx context.Context) (renewed bool, err error) {
+	defer func(start time.Time) { l.recordOp(OpRenew, start, renewed, err) }(time.Now())
 	h, ok := l.current()
 	if !ok {
 		return false, ErrLeaseNotHeld

@@ -45,6 +45,8 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	}()
 	poll := time.NewTimer(0)
 	defer poll.Stop()
+	var freedAt time.Time // when the watch last showed the key vacant
+	var sawEntry bool     // the watch has shown an entry of the key
 	for {
 		select {
 		case <-ctx.Done():
@@ -54,28 +56,46 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 				// Closed under us (a closed connection, a deleted
 				// consumer): look again now, and watch anew.
 				w.stop()
-				w = nil
+				w, sawEntry = nil, false
 				poll.Reset(0)
 				continue
 			}
-			if e == nil {
+			switch {
+			case e == nil && sawEntry:
 				continue // the end of the initial values
-			}
-			l.observe(snapshotOf(e))
-			if l.othersWrite(e) {
-				// Held by another, and the watch is alive.
-				poll.Reset(pollInterval(l.TTL()))
-				continue
+			case e == nil:
+				// No entry at all: the key has no message; try now.
+				l.observe(snapshot{vacant: true, revKnown: true})
+			default:
+				sawEntry = true
+				l.observe(snapshotOf(e))
+				if e.Operation() != jetstream.KeyValuePut {
+					freedAt = time.Now()
+				}
+				if l.othersWrite(e) {
+					// Held by another, and the watch is alive.
+					poll.Reset(pollInterval(l.TTL()))
+					continue
+				}
 			}
 		case <-poll.C:
 			if w == nil {
-				w = l.watch(ctx)
+				if w = l.watch(ctx); w != nil {
+					// Its first entry is the key's latest state: a
+					// vacancy since the last try shows there, so there is
+					// nothing to try until it arrives.
+					poll.Reset(pollInterval(l.TTL()))
+					continue
+				}
 			}
 		}
 		ok, err := l.acquire(ctx, w != nil)
 		recheck, lost := contended(err)
 		switch {
 		case ok:
+			if !freedAt.IsZero() {
+				l.record(Event{Kind: EventHandoff, Duration: time.Since(freedAt)})
+			}
 			return nil
 		case lost:
 			// The other write is on its way to the watch, which resets

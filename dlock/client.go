@@ -22,6 +22,7 @@ type Client struct {
 	ops      *natskvlease.KVOps
 	ttl      time.Duration
 	logger   *slog.Logger
+	metrics  natskvlease.Metrics
 	hostname string
 	pid      int
 
@@ -64,12 +65,13 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Client, 
 		return nil, err
 	}
 	c := &Client{
-		kv:     kv,
-		ops:    natskvlease.NewKVOps(kv, logger),
-		ttl:    cfg.ttl,
-		logger: logger,
-		pid:    os.Getpid(),
-		locks:  make(map[*Lock]struct{}),
+		kv:      kv,
+		ops:     natskvlease.NewKVOps(kv, logger),
+		ttl:     cfg.ttl,
+		logger:  logger,
+		metrics: cfg.metrics,
+		pid:     os.Getpid(),
+		locks:   make(map[*Lock]struct{}),
 	}
 	c.hostname, _ = os.Hostname() // best effort; it is for operators
 	c.life, c.end = context.WithCancel(context.Background())

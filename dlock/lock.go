@@ -115,6 +115,7 @@ func (c *Client) newLease(key, owner string) *natskvlease.Lease {
 		Value:   record{Owner: owner, Hostname: c.hostname, PID: c.pid}.encode(),
 		IsOwner: ownedBy(owner),
 		Logger:  c.logger,
+		Metrics: c.metrics,
 	})
 }
 

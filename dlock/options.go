@@ -28,6 +28,7 @@ type config struct {
 	storage  jetstream.StorageType
 	replicas int
 	logger   *slog.Logger
+	metrics  natskvlease.Metrics
 }
 
 func defaultConfig() config {
@@ -59,6 +60,10 @@ func WithReplicas(n int) Option { return func(c *config) { c.replicas = n } }
 
 // WithLogger sets the logger (default: logs are discarded).
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithMetrics reports every lock's lease events to m (see
+// natskvlease.Metrics; default: none).
+func WithMetrics(m natskvlease.Metrics) Option { return func(c *config) { c.metrics = m } }
 
 func (c config) validate() error {
 	switch {

@@ -64,6 +64,11 @@ type Config struct {
 	Replicas int
 	// Logger receives the election's logs. Nil discards them.
 	Logger *slog.Logger
+	// Metrics receives the election's events: its lease's (see
+	// natskvlease.Metrics), every new leader this candidate sees
+	// (EventLeaderChanged) and the length of each of its terms
+	// (EventTermEnded). Nil reports nothing.
+	Metrics natskvlease.Metrics
 }
 
 // ObserverConfig configures an Observer.

@@ -182,6 +182,7 @@ func (e *Election) open(ctx context.Context) (*natskvlease.Lease, error) {
 			Value:      e.identity(time.Time{}, 0),
 			IsOwner:    e.isOwner,
 			Logger:     e.logger,
+			Metrics:    e.cfg.Metrics,
 		})
 	}
 	// The lease's own rule decides whether the bucket can enforce the

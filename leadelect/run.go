@@ -86,7 +86,7 @@ func (e *Election) Run(ctx context.Context, cb Callbacks) error {
 	f.onClosed = func() { cancel(errConnClosed) }
 	var wg sync.WaitGroup
 	wg.Go(func() { f.run(runCtx) })
-	wg.Go(func() { notifyLeaders(runCtx, f.out, cb.OnNewLeader) })
+	wg.Go(func() { e.notifyLeaders(runCtx, f.out, cb.OnNewLeader) })
 	err = e.campaign(runCtx, lease, f, cb)
 	cancel(nil)
 	wg.Wait()
@@ -239,6 +239,7 @@ func (e *Election) endTerm(t *term) {
 	e.term = nil
 	e.mu.Unlock()
 	close(t.ended)
+	e.record(natskvlease.Event{Kind: natskvlease.EventTermEnded, Duration: time.Since(t.began), Token: t.token})
 	e.logger.Info("leadelect: stopped leading", "token", t.token)
 }
 
@@ -256,10 +257,23 @@ func (e *Election) release(lease *natskvlease.Lease) error {
 	return err
 }
 
-func notifyLeaders(ctx context.Context, in <-chan LeaderInfo, fn func(id string)) {
+// notifyLeaders reports each new leader to fn and to the metrics.
+func (e *Election) notifyLeaders(ctx context.Context, in <-chan LeaderInfo, fn func(id string)) {
 	for info := range in { // closed when ctx ends
-		if fn != nil && !info.Vacant() && ctx.Err() == nil {
+		if info.Vacant() || ctx.Err() != nil {
+			continue
+		}
+		e.record(natskvlease.Event{Kind: natskvlease.EventLeaderChanged, Leader: info.ID})
+		if fn != nil {
 			fn(info.ID)
 		}
+	}
+}
+
+// record reports an election event to the configured metrics, if any.
+func (e *Election) record(ev natskvlease.Event) {
+	if e.cfg.Metrics != nil {
+		ev.Key = e.cfg.Key
+		e.cfg.Metrics.Record(ev)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/natskvlease/natskvlease"
 )
@@ -16,6 +17,7 @@ var errTermEnding = errors.New("leadelect: term already ending")
 type term struct {
 	lease  *natskvlease.Lease
 	token  uint64
+	began  time.Time
 	ctx    context.Context // the leader context, marked with the term
 	cancel context.CancelFunc
 	ended  chan struct{} // closed once the term is over and no longer current
@@ -29,7 +31,7 @@ type term struct {
 }
 
 func newTerm(ctx context.Context, lease *natskvlease.Lease, token uint64) *term {
-	t := &term{lease: lease, token: token, ended: make(chan struct{})}
+	t := &term{lease: lease, token: token, began: time.Now(), ended: make(chan struct{})}
 	ctx, t.cancel = context.WithCancel(ctx)
 	t.ctx = context.WithValue(ctx, termKey{}, t)
 	// The leader context ends the moment the holding does, even while a
