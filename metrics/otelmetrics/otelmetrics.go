@@ -27,6 +27,7 @@ package otelmetrics
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -156,7 +157,7 @@ func New(meter metric.Meter, opts ...Option) (*Metrics, error) {
 	m.leaderTerm = histogram("natskvlease.leader.term.duration",
 		"How long each term of this process's candidates lasted, from acquiring leadership to stopping.", TermBuckets)
 	if err := errors.Join(errs...); err != nil {
-		return nil, errors.Join(errors.New("otelmetrics: cannot create the instruments"), err)
+		return nil, fmt.Errorf("otelmetrics: cannot create the instruments: %w", err)
 	}
 
 	for i, op := range ops {

@@ -22,7 +22,7 @@
 package prommetrics
 
 import (
-	"errors"
+	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -236,7 +236,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 			for _, done := range collectors[:i] {
 				reg.Unregister(done)
 			}
-			return nil, errors.Join(errors.New("prommetrics: cannot register the metrics"), err)
+			return nil, fmt.Errorf("prommetrics: cannot register the metrics: %w", err)
 		}
 	}
 	if !o.keyLabel {
