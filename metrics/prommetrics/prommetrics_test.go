@@ -1,6 +1,7 @@
 package prommetrics_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -189,8 +190,10 @@ func TestRegisterConflict(t *testing.T) {
 	if _, err := prommetrics.New(reg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := prommetrics.New(reg); err == nil {
-		t.Fatal("a second New on one registry succeeded")
+	_, err := prommetrics.New(reg)
+	var already prometheus.AlreadyRegisteredError
+	if !errors.As(err, &already) {
+		t.Fatalf("a second New on one registry: %v, want an AlreadyRegisteredError", err)
 	}
 	if _, err := prommetrics.New(reg, prommetrics.WithNamespace("other")); err != nil {
 		t.Fatalf("New with another namespace: %v", err)
