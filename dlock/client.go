@@ -111,7 +111,8 @@ func (c *Client) Close(ctx context.Context) error {
 	c.inflight.Wait() // calls in flight end promptly: their context is done
 	var errs []error
 	for _, l := range c.held() {
-		if err := l.Unlock(ctx); err != nil && !errors.Is(err, ErrLockLost) {
+		// A lock unlocked meanwhile by its owner answers ErrLeaseNotHeld.
+		if err := l.Unlock(ctx); err != nil && !errors.Is(err, ErrLockLost) && !errors.Is(err, natskvlease.ErrLeaseNotHeld) {
 			c.logger.WarnContext(ctx, "dlock: release on Close", "key", l.key, "error", err)
 			errs = append(errs, err)
 		}
