@@ -49,7 +49,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Client, 
 		}
 	}
 	if js == nil {
-		return nil, &natskvlease.ConfigError{Field: "dlock.New js", Reason: "is nil"}
+		return nil, &natskvlease.ConfigError{Package: "dlock", Field: "New js", Reason: "is nil"}
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -81,7 +81,10 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg config, logger 
 		return nil, fmt.Errorf("dlock: %w", err)
 	}
 	if err := natskvlease.ValidateJetStreamEnabled(ctx, js, logger); err != nil {
-		return nil, fmt.Errorf("dlock: %w", err)
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // JetStream's own error, without natskvlease's prefix
+		}
+		return nil, fmt.Errorf("dlock: JetStream not available: %w", err)
 	}
 	kv, err := natskvlease.NewKVHelper(js, logger).GetOrCreateBucket(ctx, cfg.bucketConfig())
 	if err != nil {

@@ -51,6 +51,9 @@ var errLostAtOnce = errors.New("lock lost at once after acquiring")
 // many goroutines after one key cost the server one watch per Client,
 // and a release wakes one of them per Client rather than all.
 func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dlock: lock %q: %w", key, err)
@@ -81,6 +84,9 @@ func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 // (LockedError.ByThisClient): a Client's locks are not reentrant.
 // Other errors are as for Lock.
 func (c *Client) TryLock(ctx context.Context, key string) (*Lock, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dlock: trylock %q: %w", key, err)
