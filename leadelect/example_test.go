@@ -3,45 +3,20 @@ package leadelect_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/natskvlease/natskvlease/internal/embedded"
 	"github.com/natskvlease/natskvlease/leadelect"
 )
-
-// exampleServer starts an embedded nats-server with JetStream and
-// returns a JetStream handle on a connection to it, and a function that
-// closes both. Real programs connect to their own servers.
-func exampleServer() (jetstream.JetStream, func(), error) {
-	url, stopServer, err := embedded.Start()
-	if err != nil {
-		return nil, nil, err
-	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		stopServer()
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		stopServer()
-		return nil, nil, err
-	}
-	return js, func() { nc.Close(); stopServer() }, nil
-}
 
 // A candidate leads, does its work while its context lasts, and stops:
 // ending Run's context releases leadership at once.
 func ExampleElection_Run() {
-	js, stop, err := exampleServer()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 
 	e, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: "node-1", TTL: 2 * time.Second})
@@ -70,11 +45,7 @@ func ExampleElection_Run() {
 // Observe follows an election, here from an Election that does not
 // campaign itself: the current state first, then every change.
 func ExampleElection_Observe() {
-	js, stop, err := exampleServer()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 
 	watcher, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: "dashboard", TTL: 2 * time.Second})
@@ -110,4 +81,48 @@ func ExampleElection_Observe() {
 	// no leader
 	// leader: node-1
 	// no leader
+}
+
+// RunEmbeddedServer starts a nats-server with JetStream inside this
+// process, on a random loopback port, with its store in a temporary
+// directory, and returns a JetStream handle on a connection to it and a
+// function that closes both. The examples use it so that they run
+// anywhere; real programs connect to their own servers:
+//
+//	nc, err := nats.Connect(url)
+//	js, err := jetstream.New(nc)
+func RunEmbeddedServer() (js jetstream.JetStream, stop func()) {
+	dir, err := os.MkdirTemp("", "leadelect-example-*")
+	if err != nil {
+		panic(err)
+	}
+	srv, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1, // a random free port
+		JetStream: true,
+		StoreDir:  dir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		panic(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("nats-server did not start")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	js, err = jetstream.New(nc)
+	if err != nil {
+		panic(err)
+	}
+	return js, func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}
 }
