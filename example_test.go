@@ -16,30 +16,34 @@ import (
 )
 
 // The README's Quick start: take a lease once and renew it in the
-// background while working.
+// background while working. quickStart's body is the README's code.
 func Example() {
 	url, stop := RunEmbeddedServer() // in production: your NATS servers' URL
 	defer stop()
-	ctx := context.Background()
+	if err := quickStart(context.Background(), url); err != nil {
+		fmt.Println(err)
+	}
+	// Output:
+	// working with a fencing token: true
+}
 
+// quickStart is the README's Quick start.
+func quickStart(ctx context.Context, url string) error {
 	nc, err := nats.Connect(url)
 	if err != nil {
-		fmt.Println(err)
-		return
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		fmt.Println(err)
-		return
+		return err
 	}
 
 	// MaxAge 10s, History 1, memory storage, expiry markers and per-message TTLs on.
 	kv, err := natskvlease.NewKVHelper(js, nil).GetOrCreateBucket(ctx,
 		natskvlease.BucketConfig{Bucket: "leases", TTL: 10 * time.Second})
 	if err != nil {
-		fmt.Println(err)
-		return
+		return err
 	}
 
 	hostname, _ := os.Hostname()
@@ -52,15 +56,13 @@ func Example() {
 	})
 	ok, err := lease.RunCamping(ctx) // acquire once, renew in the background
 	if err != nil {
-		fmt.Println(err)
-		return
+		return err
 	}
 	if ok {
 		defer lease.StopCamping()           // releases the lease
 		doWork(lease.Done(), lease.Token()) // stop when Done closes; fence with Token
 	}
-	// Output:
-	// working with a fencing token: true
+	return nil
 }
 
 // doWork stands for the work done under the lease: it must stop when

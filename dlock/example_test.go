@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"time"
 
@@ -13,6 +14,50 @@ import (
 
 	"github.com/natskvlease/natskvlease/dlock"
 )
+
+// The README's dlock section: Do runs a function under the lock, and
+// TryLock names the holder of a lock it cannot take.
+func Example() {
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
+	defer stop()
+	if err := readmeLocks(context.Background(), js); err != nil {
+		fmt.Println(err)
+	}
+	// Output:
+	// writing the report with a fencing token: true
+}
+
+// readmeLocks is the README's dlock code.
+func readmeLocks(ctx context.Context, js jetstream.JetStream) error {
+	locks, err := dlock.New(ctx, js, dlock.WithTTL(10*time.Second))
+	if err != nil {
+		return err
+	}
+	defer locks.Close(ctx)
+
+	err = locks.Do(ctx, "reports.daily", func(ctx context.Context, token uint64) error {
+		return writeReport(ctx, token) // ctx ends if the lock is lost
+	})
+	if err != nil {
+		return err
+	}
+
+	lock, err := locks.TryLock(ctx, "migrations")
+	var locked *dlock.LockedError
+	if errors.As(err, &locked) { // errors.Is(err, dlock.ErrLocked) too
+		log.Printf("migrations are locked by %s on %s", locked.Holder.Owner, locked.Holder.Hostname)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer lock.Unlock(ctx)
+	return nil
+}
+
+func writeReport(ctx context.Context, token uint64) error {
+	fmt.Println("writing the report with a fencing token:", token > 0)
+	return ctx.Err()
+}
 
 func ExampleClient_Lock() {
 	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection

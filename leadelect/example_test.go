@@ -3,6 +3,7 @@ package leadelect_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
 	"time"
 
@@ -12,6 +13,45 @@ import (
 
 	"github.com/natskvlease/natskvlease/leadelect"
 )
+
+// The README's leadelect section: campaign, and work while leading.
+func Example() {
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopCampaign = cancel
+	err := readmeElection(ctx, js, "node-1")
+	fmt.Println("Run returned:", err)
+	// Output:
+	// scheduling with a fencing token: true
+	// Run returned: context canceled
+}
+
+// readmeElection is the README's leadelect code.
+func readmeElection(ctx context.Context, js jetstream.JetStream, hostname string) error {
+	e, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: hostname, TTL: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	err = e.Run(ctx, leadelect.Callbacks{
+		OnStartedLeading: func(ctx context.Context) { // ctx ends when leadership ends
+			token, _ := leadelect.TokenFromContext(ctx)
+			schedule(ctx, token)
+		},
+		OnStoppedLeading: func() { log.Print("no longer leading") },
+		OnNewLeader:      func(id string) { log.Print("leader: ", id) },
+	})
+	return err
+}
+
+// stopCampaign ends the example's campaign once it has led.
+var stopCampaign context.CancelFunc
+
+func schedule(ctx context.Context, token uint64) {
+	fmt.Println("scheduling with a fencing token:", token > 0)
+	stopCampaign() // a real scheduler works until ctx ends
+	<-ctx.Done()
+}
 
 // A candidate leads, does its work while its context lasts, and stops:
 // ending Run's context releases leadership at once.
