@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease/internal/turnstile"
@@ -125,13 +126,13 @@ func (h *KVHelper) openOrCreate(ctx context.Context, cfg BucketConfig) (jetstrea
 			return kv, nil
 		}
 		if !errors.Is(err, jetstream.ErrBucketExists) {
-			return nil, bucketError(cfg.Bucket, err)
+			return nil, h.bucketError(ctx, cfg.Bucket, err)
 		}
 		// Another process created it first, perhaps differently.
 		kv, err = h.js.KeyValue(ctx, cfg.Bucket)
 	}
 	if err != nil {
-		return nil, bucketError(cfg.Bucket, err)
+		return nil, h.bucketError(ctx, cfg.Bucket, err)
 	}
 	return kv, checkExisting(ctx, kv, cfg)
 }
@@ -148,9 +149,19 @@ func checkExisting(ctx context.Context, kv jetstream.KeyValue, cfg BucketConfig)
 }
 
 // bucketError marks a request the server refused as a configuration error
-// (a name it will not take, more replicas than it has) and leaves others
-// as they are, so that Retry still sees transient ones.
-func bucketError(bucket string, err error) error {
+// (a name it will not take, more replicas than it has), reports a server
+// or account without JetStream as such, and leaves others as they are,
+// so that Retry still sees transient ones.
+func (h *KVHelper) bucketError(ctx context.Context, bucket string, err error) error {
+	if errors.Is(err, nats.ErrNoResponders) {
+		// Nobody answers the JetStream API: JetStream is off, or it is
+		// starting. The account info request tells which, once.
+		if _, aerr := h.js.AccountInfo(ctx); errors.Is(aerr, jetstream.ErrJetStreamNotEnabled) ||
+			errors.Is(aerr, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return fmt.Errorf("natskvlease: bucket %q: %w", bucket, aerr)
+		}
+		return err
+	}
 	var apiErr *jetstream.APIError
 	refused := errors.As(err, &apiErr) && apiErr != nil && !isTransientAPIError(apiErr)
 	if errors.Is(err, jetstream.ErrInvalidBucketName) || refused {

@@ -324,8 +324,12 @@ func TestGetOrCreateBucketWithoutJetStream(t *testing.T) {
 	_, js := srv.JetStream()
 	start := time.Now()
 	kv, err := NewKVHelper(js, nil).GetOrCreateBucket(natstest.Context(t), BucketConfig{Bucket: "no_js"})
-	if err == nil || kv != nil {
-		t.Fatalf("GetOrCreateBucket without JetStream = (%v, %v), want an error", kv, err)
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) || kv != nil || !IsFinal(err) {
+		t.Fatalf("GetOrCreateBucket without JetStream = (%v, %v), want an error wrapping jetstream.ErrJetStreamNotEnabled", kv, err)
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "natskvlease: ") || strings.Count(msg, "natskvlease:") != 1 ||
+		!strings.Contains(msg, "not enabled") || strings.Contains(msg, "no responders") {
+		t.Errorf("error %q: want one natskvlease: prefix and \"not enabled\"", msg)
 	}
 	if el := time.Since(start); el > 15*time.Second {
 		t.Fatalf("took %v to give up", el)

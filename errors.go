@@ -6,7 +6,9 @@ import (
 )
 
 // Errors returned by this package. Test for them with errors.Is: most are
-// wrapped with the key, bucket or field they concern.
+// wrapped with the key, bucket or field they concern, behind the prefix
+// "natskvlease: " (dlock's errors begin "dlock: ", leadelect's
+// "leadelect: ", each prefix once).
 var (
 	// ErrLeaseNotHeld is returned by Renew and Release when the lease is
 	// not held by the caller (never acquired, already released, or lost).
@@ -51,10 +53,19 @@ var (
 type ConfigError struct {
 	Field  string // the offending field, e.g. "LeaseConfig.TTL"
 	Reason string // why it was refused
+	// Package is the package whose field it is, and the prefix of the
+	// message: "dlock", "leadelect"; empty means "natskvlease".
+	Package string
 }
 
+// Error is "PACKAGE: invalid FIELD: REASON", the style of every error of
+// this module: one prefix naming the package that reports it.
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("natskvlease: invalid %s: %s", e.Field, e.Reason)
+	pkg := e.Package
+	if pkg == "" {
+		pkg = "natskvlease"
+	}
+	return fmt.Sprintf("%s: invalid %s: %s", pkg, e.Field, e.Reason)
 }
 
 // Unwrap lets errors.Is(err, ErrInvalidConfig) hold.

@@ -11,7 +11,8 @@ import (
 // marker carrying the lease's TTL, never a DEL: see the README), so that a
 // waiter can acquire it at once. IsHeld is false before the purge is
 // sent. A renewal loop started by RunCamping is stopped first. Release
-// returns ErrLeaseNotHeld if the lease was not held; even then, if a
+// returns ErrLeaseNotHeld if the lease was not held (a second Release
+// among others, as a second dlock Lock.Unlock); even then, if a
 // revision of ours may still be on the server (the holding lapsed at its
 // deadline), it is purged to hasten the handoff.
 func (l *Lease) Release(ctx context.Context) error {

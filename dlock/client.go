@@ -50,7 +50,7 @@ func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Client, 
 		}
 	}
 	if js == nil {
-		return nil, &natskvlease.ConfigError{Field: "dlock.New js", Reason: "is nil"}
+		return nil, &natskvlease.ConfigError{Package: "dlock", Field: "New js", Reason: "is nil"}
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -83,7 +83,10 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg config, logger 
 		return nil, fmt.Errorf("dlock: %w", err)
 	}
 	if err := natskvlease.ValidateJetStreamEnabled(ctx, js, logger); err != nil {
-		return nil, fmt.Errorf("dlock: %w", err)
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // JetStream's own error, without natskvlease's prefix
+		}
+		return nil, fmt.Errorf("dlock: JetStream not available: %w", err)
 	}
 	kv, err := natskvlease.NewKVHelper(js, logger).GetOrCreateBucket(ctx, cfg.bucketConfig())
 	if err != nil {
@@ -113,7 +116,8 @@ func (c *Client) Close(ctx context.Context) error {
 	c.inflight.Wait() // calls in flight end promptly: their context is done
 	var errs []error
 	for _, l := range c.held() {
-		if err := l.Unlock(ctx); err != nil && !errors.Is(err, ErrLockLost) {
+		// A lock unlocked meanwhile by its owner answers ErrLeaseNotHeld.
+		if err := l.Unlock(ctx); err != nil && !errors.Is(err, ErrLockLost) && !errors.Is(err, natskvlease.ErrLeaseNotHeld) {
 			c.logger.WarnContext(ctx, "dlock: release on Close", "key", l.key, "error", err)
 			errs = append(errs, err)
 		}

@@ -3,6 +3,7 @@ package dlock_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,8 +35,9 @@ func TestCloseReleasesLocks(t *testing.T) {
 			t.Fatalf("TryLock %s after Close: %v", l.Key(), err)
 		}
 		_ = bl.Unlock(natstest.Context(t))
-		if err := l.Unlock(natstest.Context(t)); err != nil {
-			t.Fatalf("Unlock after Close: %v", err)
+		// Close released it: Unlock finds nothing to release.
+		if err := l.Unlock(natstest.Context(t)); !errors.Is(err, natskvlease.ErrLeaseNotHeld) {
+			t.Fatalf("Unlock after Close: %v, want ErrLeaseNotHeld", err)
 		}
 	}
 	ctx := natstest.Context(t)
@@ -114,6 +116,8 @@ func TestBadInputs(t *testing.T) {
 	for name, err := range cases {
 		if !errors.Is(err, natskvlease.ErrInvalidConfig) {
 			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		} else if msg := err.Error(); !strings.HasPrefix(msg, "dlock: ") || strings.Count(msg, "dlock:") != 1 || strings.Contains(msg, "natskvlease:") {
+			t.Errorf("%s: %q: want the dlock: prefix once, and no other", name, msg)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
@@ -127,10 +131,12 @@ func TestNewChecksServer(t *testing.T) {
 	_, js := srv.JetStream()
 	ctx, cancel := context.WithTimeout(natstest.Context(t), 10*time.Second)
 	defer cancel()
-	if _, err := dlock.New(ctx, js); err == nil {
-		t.Fatal("New against a server without JetStream succeeded")
-	} else {
-		t.Logf("without JetStream: %v", err)
+	_, err := dlock.New(ctx, js)
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		t.Fatalf("New against a server without JetStream: %v, want ErrJetStreamNotEnabled", err)
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "dlock: JetStream not available") || strings.Contains(msg, "natskvlease:") {
+		t.Errorf("error %q: want the dlock: prefix once, and no other", msg)
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 // error wrapping natskvlease.ErrInvalidConfig.
 func (c *Client) Do(ctx context.Context, key string, fn func(ctx context.Context, token uint64) error) (err error) {
 	if fn == nil {
-		return &natskvlease.ConfigError{Field: "dlock.Do fn", Reason: "is nil"}
+		return &natskvlease.ConfigError{Package: "dlock", Field: "Do fn", Reason: "is nil"}
 	}
 	l, err := c.Lock(ctx, key)
 	if err != nil {

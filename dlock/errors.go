@@ -12,9 +12,10 @@ import (
 // natskvlease.ErrProviderClosed for calls on a closed Client). Test for
 // them with errors.Is: they are wrapped with the key they concern.
 var (
-	// ErrLocked is returned by TryLock when another holder has the key.
-	// The error is a *LockedError naming that holder.
-	ErrLocked = errors.New("lock is held by another owner")
+	// ErrLocked is returned by TryLock when the key is held, by another
+	// process or by another Lock of the same Client. The error is a
+	// *LockedError naming that holder.
+	ErrLocked = errors.New("lock is held")
 	// ErrNotLocked is returned by Holder when nobody holds the key.
 	ErrNotLocked = errors.New("lock is not held")
 	// ErrLockLost is the cause of a Lock's Context when the lock was lost
@@ -23,23 +24,30 @@ var (
 	ErrLockLost = errors.New("lock lost")
 )
 
-// LockedError is returned by TryLock when the key is held by someone
-// else. It wraps ErrLocked.
+// LockedError is returned by TryLock when the key is held. It wraps
+// ErrLocked.
 type LockedError struct {
 	Key string
 	// Holder is the holder found just after the attempt failed. It is the
 	// zero HolderInfo if the key was released in between, or could not
 	// be read.
 	Holder HolderInfo
+	// ByThisClient is true when the holder is a Lock of the Client that
+	// called TryLock: locks are not reentrant, even within one Client.
+	ByThisClient bool
 }
 
 func (e *LockedError) Error() string {
 	h := e.Holder
-	if h.Owner == "" {
-		return fmt.Sprintf("dlock: %q: %v", e.Key, ErrLocked)
+	by := "by another owner"
+	if e.ByThisClient {
+		by = "by this client"
 	}
-	return fmt.Sprintf("dlock: %q: %v (owner %s on %s, pid %d, token %d)",
-		e.Key, ErrLocked, h.Owner, h.Hostname, h.PID, h.Token)
+	if h.Owner == "" {
+		return fmt.Sprintf("dlock: %q: %v %s", e.Key, ErrLocked, by)
+	}
+	return fmt.Sprintf("dlock: %q: %v %s (owner %s on %s, pid %d, token %d)",
+		e.Key, ErrLocked, by, h.Owner, h.Hostname, h.PID, h.Token)
 }
 
 // Unwrap lets errors.Is(err, ErrLocked) hold, and

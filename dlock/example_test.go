@@ -4,18 +4,63 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease/dlock"
-	"github.com/natskvlease/natskvlease/internal/embedded"
 )
 
+// The README's dlock section: Do runs a function under the lock, and
+// TryLock names the holder of a lock it cannot take.
+func Example() {
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
+	defer stop()
+	if err := readmeLocks(context.Background(), js); err != nil {
+		fmt.Println(err)
+	}
+	// Output:
+	// writing the report with a fencing token: true
+}
+
+// readmeLocks is the README's dlock code.
+func readmeLocks(ctx context.Context, js jetstream.JetStream) error {
+	locks, err := dlock.New(ctx, js, dlock.WithTTL(10*time.Second))
+	if err != nil {
+		return err
+	}
+	defer locks.Close(ctx)
+
+	err = locks.Do(ctx, "reports.daily", func(ctx context.Context, token uint64) error {
+		return writeReport(ctx, token) // ctx ends if the lock is lost
+	})
+	if err != nil {
+		return err
+	}
+
+	lock, err := locks.TryLock(ctx, "migrations")
+	var locked *dlock.LockedError
+	if errors.As(err, &locked) { // errors.Is(err, dlock.ErrLocked) too
+		log.Printf("migrations are locked by %s on %s", locked.Holder.Owner, locked.Holder.Hostname)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer lock.Unlock(ctx)
+	return nil
+}
+
+func writeReport(ctx context.Context, token uint64) error {
+	fmt.Println("writing the report with a fencing token:", token > 0)
+	return ctx.Err()
+}
+
 func ExampleClient_Lock() {
-	js, stop := exampleJetStream()
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 	ctx := context.Background()
 
@@ -44,7 +89,7 @@ func ExampleClient_Lock() {
 }
 
 func ExampleClient_Do() {
-	js, stop := exampleJetStream()
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 	ctx := context.Background()
 
@@ -67,7 +112,7 @@ func ExampleClient_Do() {
 }
 
 func ExampleClient_TryLock() {
-	js, stop := exampleJetStream()
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 	ctx := context.Background()
 
@@ -96,15 +141,35 @@ func ExampleClient_TryLock() {
 	// same process: true
 }
 
-// exampleJetStream starts a throwaway nats-server with JetStream on a
-// random port and connects to it; stop closes both. In real code js comes
-// from jetstream.New on your own connection.
-func exampleJetStream() (js jetstream.JetStream, stop func()) {
-	url, stopServer, err := embedded.Start()
+// RunEmbeddedServer starts a nats-server with JetStream inside this
+// process, on a random loopback port, with its store in a temporary
+// directory, and returns a JetStream handle on a connection to it and a
+// function that closes both. The examples use it so that they run
+// anywhere; real programs connect to their own servers:
+//
+//	nc, err := nats.Connect(url)
+//	js, err := jetstream.New(nc)
+func RunEmbeddedServer() (js jetstream.JetStream, stop func()) {
+	dir, err := os.MkdirTemp("", "dlock-example-*")
 	if err != nil {
 		panic(err)
 	}
-	nc, err := nats.Connect(url)
+	srv, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1, // a random free port
+		JetStream: true,
+		StoreDir:  dir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		panic(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("nats-server did not start")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		panic(err)
 	}
@@ -112,5 +177,10 @@ func exampleJetStream() (js jetstream.JetStream, stop func()) {
 	if err != nil {
 		panic(err)
 	}
-	return js, func() { nc.Close(); stopServer() }
+	return js, func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}
 }

@@ -97,6 +97,9 @@ func holderOf(e jetstream.KeyValueEntry, ttl time.Duration, now time.Time) (Hold
 // behind the latest write by a moment; do not use it to decide who may
 // act (the holder's own Lock does that).
 func (c *Client) Holder(ctx context.Context, key string) (HolderInfo, error) {
+	if err := checkKey(key); err != nil {
+		return HolderInfo{}, err
+	}
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
 		return HolderInfo{}, fmt.Errorf("dlock: holder %q: %w", key, err)

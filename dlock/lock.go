@@ -51,6 +51,9 @@ var errLostAtOnce = errors.New("lock lost at once after acquiring")
 // many goroutines after one key cost the server one watch per Client,
 // and a release wakes one of them per Client rather than all.
 func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dlock: lock %q: %w", key, err)
@@ -76,9 +79,14 @@ func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 }
 
 // TryLock makes one attempt to take key. When another holder has it,
-// the error is a *LockedError wrapping ErrLocked and naming that holder.
+// the error is a *LockedError wrapping ErrLocked and naming that holder;
+// when that holder is a Lock of this same Client, the error says so
+// (LockedError.ByThisClient): a Client's locks are not reentrant.
 // Other errors are as for Lock.
 func (c *Client) TryLock(ctx context.Context, key string) (*Lock, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
 	ctx, end, err := c.begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dlock: trylock %q: %w", key, err)
@@ -105,7 +113,26 @@ func (c *Client) lockedError(ctx context.Context, key string) error {
 	if entry, err := c.ops.Get(ctx, key); err == nil {
 		e.Holder, _ = holderOf(entry, c.ttl, time.Now())
 	}
+	if mine := c.heldLock(key, e.Holder.Owner); mine != nil {
+		e.ByThisClient = true
+		if e.Holder.Owner == "" { // the read failed: say what we know
+			e.Holder = HolderInfo{Owner: mine.owner, Hostname: c.hostname, PID: c.pid, Token: mine.token}
+		}
+	}
 	return e
+}
+
+// heldLock returns a live Lock of this client on key: the one with the
+// given owner, or when owner is empty any one.
+func (c *Client) heldLock(key, owner string) *Lock {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for l := range c.locks {
+		if l.key == key && (owner == "" || l.owner == owner) {
+			return l
+		}
+	}
+	return nil
 }
 
 func (c *Client) newLease(key, owner string) *natskvlease.Lease {
@@ -192,12 +219,14 @@ func (l *Lock) Lost() <-chan struct{} { return l.lost }
 // Context is cancelled before the purge is sent. If the lock had been
 // lost, Unlock returns an error wrapping ErrLockLost; if the purge could
 // not be confirmed, an error saying so (the key then expires after its
-// TTL). A second call returns nil.
+// TTL). A second call (or a call after Client.Close released the lock)
+// returns an error wrapping natskvlease.ErrLeaseNotHeld and does nothing,
+// as a second natskvlease.Lease.Release does.
 func (l *Lock) Unlock(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.unlocked {
-		return nil
+		return fmt.Errorf("dlock: unlock %q: already unlocked: %w", l.key, natskvlease.ErrLeaseNotHeld)
 	}
 	l.unlocked = true
 	defer l.client.forget(l)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/natskvlease/natskvlease"
 	"github.com/natskvlease/natskvlease/dlock"
 	"github.com/natskvlease/natskvlease/internal/faultproxy"
 	"github.com/natskvlease/natskvlease/internal/natstest"
@@ -38,8 +40,9 @@ func TestLockUnlock(t *testing.T) {
 	if isClosed(l.Lost()) {
 		t.Fatal("Lost closed by Unlock")
 	}
-	if err := l.Unlock(natstest.Context(t)); err != nil {
-		t.Fatalf("second Unlock: %v", err)
+	// A second Unlock, like a second Lease.Release, says nothing was held.
+	if err := l.Unlock(natstest.Context(t)); !errors.Is(err, natskvlease.ErrLeaseNotHeld) || errors.Is(err, dlock.ErrLockLost) {
+		t.Fatalf("second Unlock: %v, want ErrLeaseNotHeld", err)
 	}
 	l2 := mustLock(t, c, "jobs.a")
 	if l2.Token() <= l.Token() {
@@ -475,5 +478,27 @@ func TestLockEndsOnClosedConnection(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Lock still waiting 10s after its connection was closed")
+	}
+}
+
+// TryLock on a key that a Lock of the same Client holds says so, naming
+// that Lock as the holder; another Client is told of another owner.
+func TestTryLockHeldByThisClient(t *testing.T) {
+	e := newEnv(t, 2*time.Second)
+	c, _ := e.client()
+	other, _ := e.client()
+	l := mustLock(t, c, "mine")
+	_, err := c.TryLock(natstest.Context(t), "mine")
+	var le *dlock.LockedError
+	if !errors.As(err, &le) || !errors.Is(err, dlock.ErrLocked) || !le.ByThisClient || le.Holder.Owner != l.Owner() ||
+		!strings.Contains(err.Error(), "held by this client") || !strings.Contains(err.Error(), l.Owner()) {
+		t.Fatalf("TryLock on our own key: %v (%+v)", err, le)
+	}
+	_, err = other.TryLock(natstest.Context(t), "mine")
+	if !errors.As(err, &le) || le.ByThisClient || !strings.Contains(err.Error(), "held by another owner") {
+		t.Fatalf("TryLock from another client: %v", err)
+	}
+	if err := l.Unlock(natstest.Context(t)); err != nil {
+		t.Fatal(err)
 	}
 }

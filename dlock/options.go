@@ -1,6 +1,8 @@
 package dlock
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -68,11 +70,28 @@ func WithMetrics(m natskvlease.Metrics) Option { return func(c *config) { c.metr
 func (c config) validate() error {
 	switch {
 	case c.ttl < MinTTL:
-		return &natskvlease.ConfigError{Field: "dlock.WithTTL", Reason: c.ttl.String() + " is below the 1s minimum"}
+		return &natskvlease.ConfigError{Package: "dlock", Field: "WithTTL", Reason: c.ttl.String() + " is below the 1s minimum"}
 	case c.storage != jetstream.MemoryStorage && c.storage != jetstream.FileStorage:
-		return &natskvlease.ConfigError{Field: "dlock.WithStorage", Reason: "unknown storage type " + c.storage.String()}
+		return &natskvlease.ConfigError{Package: "dlock", Field: "WithStorage", Reason: "unknown storage type " + c.storage.String()}
+	case c.replicas < 0 || c.replicas > 5:
+		return &natskvlease.ConfigError{Package: "dlock", Field: "WithReplicas", Reason: fmt.Sprintf("%d is outside 1..5", c.replicas)}
 	}
-	return nil
+	return ourField("WithBucket", natskvlease.ValidateBucket(c.bucket))
+}
+
+// checkKey refuses a key the server would not take, as a dlock error.
+func checkKey(key string) error {
+	return ourField("key", natskvlease.ValidateKey(key))
+}
+
+// ourField restates a natskvlease validation error as dlock's own, so
+// that the message has one prefix: "dlock: invalid key: is empty".
+func ourField(field string, err error) error {
+	var ce *natskvlease.ConfigError
+	if errors.As(err, &ce) {
+		return &natskvlease.ConfigError{Package: "dlock", Field: field, Reason: ce.Reason}
+	}
+	return err
 }
 
 func (c config) bucketConfig() natskvlease.BucketConfig {

@@ -35,10 +35,13 @@ func openBucket(ctx context.Context, js jetstream.JetStream, spec bucketSpec, lo
 		return struct{}{}, natskvlease.ValidateJetStreamEnabled(ctx, js, nil)
 	})
 	if err != nil {
-		return nil, err
+		if inner := errors.Unwrap(err); inner != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			err = inner // JetStream's own error, without natskvlease's prefix
+		}
+		return nil, fmt.Errorf("leadelect: JetStream not available: %w", err)
 	}
 	if err := natskvlease.ValidateNatsVersion(js.Conn()); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("leadelect: %w", err)
 	}
 	kv, err := natskvlease.Retry(ctx, func() (jetstream.KeyValue, error) { return js.KeyValue(ctx, spec.name) })
 	switch {

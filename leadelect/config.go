@@ -135,7 +135,7 @@ func checkLocation(cfg, bucket, key string) (string, string, error) {
 func inField(field string, err error) error {
 	var ce *natskvlease.ConfigError
 	if errors.As(err, &ce) {
-		return &natskvlease.ConfigError{Field: field, Reason: ce.Reason}
+		return &natskvlease.ConfigError{Package: "leadelect", Field: field, Reason: ce.Reason}
 	}
 	return err
 }
@@ -164,8 +164,9 @@ func checkRenewRatio(r float64) (float64, error) {
 
 func configError(field, format string, args ...any) error {
 	return &natskvlease.ConfigError{
-		Field:  "leadelect." + field,
-		Reason: fmt.Sprintf(format, args...),
+		Package: "leadelect",
+		Field:   field,
+		Reason:  fmt.Sprintf(format, args...),
 	}
 }
 

@@ -53,6 +53,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 			if !errors.As(err, &ce) || !strings.HasSuffix(ce.Field, tc.field) {
 				t.Fatalf("error %v does not name %s", err, tc.field)
 			}
+			if msg := err.Error(); !strings.HasPrefix(msg, "leadelect: invalid ") || strings.Count(msg, "leadelect:") != 1 || strings.Contains(msg, "natskvlease:") {
+				t.Errorf("error %q: want the leadelect: prefix once, and no other", msg)
+			}
 			t.Logf("%v", err)
 		})
 	}
@@ -149,7 +152,10 @@ func TestRunWithoutJetStream(t *testing.T) {
 	start := time.Now()
 	err = runErr(t, e)
 	t.Logf("after %v: %v", time.Since(start), err)
-	if err == nil || errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Run without JetStream: %v", err)
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run without JetStream: %v, want ErrJetStreamNotEnabled", err)
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "leadelect: JetStream not available") || strings.Count(msg, "leadelect:") != 1 || strings.Contains(msg, "natskvlease:") {
+		t.Errorf("error %q: want the leadelect: prefix once, and no other", msg)
 	}
 }

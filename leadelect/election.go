@@ -39,7 +39,7 @@ type Election struct {
 // server older than 2.11.
 func New(js jetstream.JetStream, cfg Config) (*Election, error) {
 	if js == nil {
-		return nil, &natskvlease.ConfigError{Field: "jetstream.JetStream", Reason: "is nil"}
+		return nil, &natskvlease.ConfigError{Package: "leadelect", Field: "jetstream.JetStream", Reason: "is nil"}
 	}
 	cfg, err := cfg.normalize()
 	if err != nil {

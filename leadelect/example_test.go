@@ -3,45 +3,60 @@ package leadelect_test
 import (
 	"context"
 	"fmt"
+	"log"
+	"os"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/natskvlease/natskvlease/internal/embedded"
 	"github.com/natskvlease/natskvlease/leadelect"
 )
 
-// exampleServer starts an embedded nats-server with JetStream and
-// returns a JetStream handle on a connection to it, and a function that
-// closes both. Real programs connect to their own servers.
-func exampleServer() (jetstream.JetStream, func(), error) {
-	url, stopServer, err := embedded.Start()
+// The README's leadelect section: campaign, and work while leading.
+func Example() {
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopCampaign = cancel
+	err := readmeElection(ctx, js, "node-1")
+	fmt.Println("Run returned:", err)
+	// Output:
+	// scheduling with a fencing token: true
+	// Run returned: context canceled
+}
+
+// readmeElection is the README's leadelect code.
+func readmeElection(ctx context.Context, js jetstream.JetStream, hostname string) error {
+	e, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: hostname, TTL: 10 * time.Second})
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		stopServer()
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		stopServer()
-		return nil, nil, err
-	}
-	return js, func() { nc.Close(); stopServer() }, nil
+	err = e.Run(ctx, leadelect.Callbacks{
+		OnStartedLeading: func(ctx context.Context) { // ctx ends when leadership ends
+			token, _ := leadelect.TokenFromContext(ctx)
+			schedule(ctx, token)
+		},
+		OnStoppedLeading: func() { log.Print("no longer leading") },
+		OnNewLeader:      func(id string) { log.Print("leader: ", id) },
+	})
+	return err
+}
+
+// stopCampaign ends the example's campaign once it has led.
+var stopCampaign context.CancelFunc
+
+func schedule(ctx context.Context, token uint64) {
+	fmt.Println("scheduling with a fencing token:", token > 0)
+	stopCampaign() // a real scheduler works until ctx ends
+	<-ctx.Done()
 }
 
 // A candidate leads, does its work while its context lasts, and stops:
 // ending Run's context releases leadership at once.
 func ExampleElection_Run() {
-	js, stop, err := exampleServer()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 
 	e, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: "node-1", TTL: 2 * time.Second})
@@ -70,11 +85,7 @@ func ExampleElection_Run() {
 // Observe follows an election, here from an Election that does not
 // campaign itself: the current state first, then every change.
 func ExampleElection_Observe() {
-	js, stop, err := exampleServer()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	js, stop := RunEmbeddedServer() // in production: jetstream.New on your connection
 	defer stop()
 
 	watcher, err := leadelect.New(js, leadelect.Config{Key: "scheduler", ID: "dashboard", TTL: 2 * time.Second})
@@ -110,4 +121,48 @@ func ExampleElection_Observe() {
 	// no leader
 	// leader: node-1
 	// no leader
+}
+
+// RunEmbeddedServer starts a nats-server with JetStream inside this
+// process, on a random loopback port, with its store in a temporary
+// directory, and returns a JetStream handle on a connection to it and a
+// function that closes both. The examples use it so that they run
+// anywhere; real programs connect to their own servers:
+//
+//	nc, err := nats.Connect(url)
+//	js, err := jetstream.New(nc)
+func RunEmbeddedServer() (js jetstream.JetStream, stop func()) {
+	dir, err := os.MkdirTemp("", "leadelect-example-*")
+	if err != nil {
+		panic(err)
+	}
+	srv, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1, // a random free port
+		JetStream: true,
+		StoreDir:  dir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		panic(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("nats-server did not start")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		panic(err)
+	}
+	js, err = jetstream.New(nc)
+	if err != nil {
+		panic(err)
+	}
+	return js, func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}
 }

@@ -24,7 +24,7 @@ type Observer struct {
 // natskvlease.ErrInvalidConfig and name the field.
 func NewObserver(js jetstream.JetStream, cfg ObserverConfig) (*Observer, error) {
 	if js == nil {
-		return nil, &natskvlease.ConfigError{Field: "jetstream.JetStream", Reason: "is nil"}
+		return nil, &natskvlease.ConfigError{Package: "leadelect", Field: "jetstream.JetStream", Reason: "is nil"}
 	}
 	cfg, err := cfg.normalize()
 	if err != nil {
@@ -70,7 +70,7 @@ func leader(ctx context.Context, open func(context.Context) (jetstream.KeyValue,
 	}
 	info, err := infoOf(e)
 	if err != nil {
-		return LeaderInfo{}, fmt.Errorf("leadelect: key %q at revision %d: %w", key, e.Revision(), err)
+		return LeaderInfo{}, fmt.Errorf("%w (key %q, revision %d)", err, key, e.Revision()) // err has the prefix
 	}
 	if info.Vacant() {
 		return info, ErrNoLeader

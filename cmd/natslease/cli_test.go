@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -18,31 +19,90 @@ func TestHelpAndUsageErrors(t *testing.T) {
 		if code := run(context.Background(), []string{cmd, "--help"}, &out, &errOut); code != 0 {
 			t.Errorf("%s --help: status %d, stderr %q", cmd, code, &errOut)
 		}
-		if !strings.Contains(out.String(), "Examples:") || !strings.Contains(out.String(), "Usage: natslease "+cmd) || !strings.Contains(out.String(), "-server") {
+		if !strings.Contains(out.String(), "Examples:") || !strings.Contains(out.String(), "Usage: natslease "+cmd) || !strings.Contains(out.String(), "-s, --server URL") {
 			t.Errorf("%s --help lacks usage, examples or flags:\n%s", cmd, &out)
 		}
+		// Every flag is shown as --flag (a short alias as -x, --flag).
+		for _, line := range strings.Split(out.String(), "\n") {
+			if f, ok := strings.CutPrefix(line, "  -"); ok && !strings.HasPrefix(f, "-") && !strings.Contains(line, ", --") {
+				t.Errorf("%s --help shows a single-dash flag: %q", cmd, line)
+			}
+		}
 	}
-	for _, args := range [][]string{
-		{},
-		{"frobnicate"},
-		{"lock", "--bogus", "k", "--", "true"},
-		{"lock", "k"},
-		{"lock", "bad key!", "--", "true"},
-		{"lock", "--ttl", "100ms", "k", "--", "true"},
-		{"lock", "--wait", "-1s", "k", "--", "true"},
-		{"elect", "k", "--"},
-		{"status"},
-		{"status", "--kind", "queue", "k"},
-		{"demo", "-n", "1"},
+	for _, tc := range []struct {
+		args []string
+		want string // in the one-line error
+	}{
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"lock", "--bogus", "k", "--", "true"}, "unknown flag --bogus"},
+		{[]string{"lock", "k"}, "missing -- COMMAND"},
+		{[]string{"lock", "k", "true"}, `unexpected "true" after KEY "k": COMMAND goes after --`},
+		{[]string{"lock", "bad key!", "--", "true"}, `bad KEY "bad key!"`},
+		{[]string{"lock", "--ttl", "100ms", "k", "--", "true"}, "--ttl 100ms is below the 1s minimum"},
+		{[]string{"lock", "--ttl", "0", "k", "--", "true"}, "--ttl 0s is below the 1s minimum"},
+		{[]string{"lock", "k", "--ttl", "0", "--", "true"}, "--ttl 0s is below the 1s minimum"},
+		{[]string{"lock", "k", "--ttl", "2s", "--bogus", "--", "true"}, "unknown flag --bogus"},
+		{[]string{"lock", "k", "--ttl"}, "--ttl needs a value"},
+		{[]string{"lock", "--wait", "-1s", "k", "--", "true"}, "--wait -1s: must not be negative"},
+		{[]string{"lock", "--grace", "-1s", "k", "--", "true"}, "--grace -1s: must not be negative"},
+		{[]string{"lock", "--grace", "soon", "k", "--", "true"}, "--grace soon: not a duration"},
+		{[]string{"lock", "--bucket", "a.b", "k", "--", "true"}, `bad --bucket "a.b"`},
+		{[]string{"elect", "k", "--"}, "missing COMMAND after --"},
+		{[]string{"elect", "--id", "", "k", "--", "true"}, "--id must not be empty"},
+		{[]string{"elect", "k", "--grace=-2s", "--", "true"}, "--grace -2s: must not be negative"},
+		{[]string{"elect", "k", "--ttl", "500ms", "--", "true"}, "--ttl 500ms is below the 1s minimum"},
+		{[]string{"status"}, "want exactly one KEY, got 0"},
+		{[]string{"status", "k", "j"}, "want exactly one KEY, got 2"},
+		{[]string{"status", "--kind", "queue", "k"}, `--kind "queue" is neither lock nor election`},
+		{[]string{"status", "k", "--json=maybe"}, "--json maybe: not a valid value"},
+		{[]string{"demo", "-n", "1"}, "--candidates 1: the demo needs at least 2"},
+		{[]string{"demo", "--ttl", "0s"}, "--ttl 0s is below the 1s minimum"},
 	} {
 		var out, errOut bytes.Buffer
-		code := run(context.Background(), args, &out, &errOut)
-		if code != 1 {
-			t.Errorf("%q: status %d, want 1", args, code)
+		code := run(context.Background(), tc.args, &out, &errOut)
+		if code != exitUsage {
+			t.Errorf("%q: status %d, want %d", tc.args, code, exitUsage)
 		}
-		if len(args) > 0 && strings.Count(strings.TrimSpace(errOut.String()), "\n") != 0 {
-			t.Errorf("%q: want a one-line error, got %q", args, &errOut)
+		msg := strings.TrimSpace(errOut.String())
+		if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) {
+			t.Errorf("%q: stderr %q; want one line containing %q", tc.args, msg, tc.want)
 		}
+		for _, libraryWord := range []string{"Config.", "leadelect.", "dlock.", "natskvlease:"} {
+			if strings.Contains(msg, libraryWord) {
+				t.Errorf("%q: stderr %q speaks of the library (%q)", tc.args, msg, libraryWord)
+			}
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), nil, &out, &errOut); code != exitUsage || !strings.Contains(errOut.String(), "Usage:") {
+		t.Errorf("no arguments: status %d, stderr %q; want %d and the usage", code, &errOut, exitUsage)
+	}
+}
+
+// Flags written after KEY are flags, not the command: --ttl 2s after KEY
+// sets the TTL (status shows it), and the command is what follows --.
+func TestLockFlagsAfterKey(t *testing.T) {
+	srv := natstest.Start(t)
+	out := t.TempDir() + "/out"
+	code, _, stderr := runNatslease(t, 20*time.Second, "lock", "flags.after", "--server", srv.URL(), "--ttl", "2s", "--json", "--",
+		"sh", "-c", `echo "$@" > "$0"`, out, "--ttl", "3s")
+	if code != 0 {
+		t.Fatalf("status %d; stderr %q", code, stderr)
+	}
+	if got := readLines(t, out); strings.Join(got, " ") != "--ttl 3s" {
+		t.Errorf("the command saw %q; want the arguments after -- untouched", got)
+	}
+	// The bucket was created with the TTL given after KEY.
+	code, stdout, stderr := runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "--json", "flags.after")
+	if code != exitFree {
+		t.Fatalf("status: %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	holder := holdLock(t, srv.URL(), "flags.after", "--ttl", "2s")
+	defer func() { signalProc(t, holder, 15); holder.wait(t, 10*time.Second) }()
+	var r statusReport
+	code, stdout, _ = runNatslease(t, 10*time.Second, "status", "flags.after", "--server", srv.URL(), "--json")
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil || code != 0 || r.TTL == nil || *r.TTL != 2 {
+		t.Errorf("status --json: %d, %q (%v); want held with ttl 2", code, stdout, err)
 	}
 }
 
@@ -184,7 +244,7 @@ func TestLockLostStopsCommand(t *testing.T) {
 func TestStatusFreeThenHolder(t *testing.T) {
 	srv := natstest.Start(t)
 	code, stdout, stderr := runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "st.key")
-	if code != 0 || !strings.Contains(stdout, "free") {
+	if code != exitFree || !strings.Contains(stdout, "free") {
 		t.Fatalf("no bucket yet: status %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	holder := holdLock(t, srv.URL(), "st.key", "--ttl", "2s")
@@ -196,7 +256,7 @@ func TestStatusFreeThenHolder(t *testing.T) {
 	signalProc(t, holder, 15)
 	holder.wait(t, 10*time.Second)
 	code, stdout, stderr = runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "st.key")
-	if code != 0 || !strings.Contains(stdout, "free") {
+	if code != exitFree || !strings.Contains(stdout, "free") {
 		t.Fatalf("released: status %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
@@ -210,7 +270,7 @@ func TestElectRunsCommandOnlyWhileLeading(t *testing.T) {
 	b := start(t, "elect", "--server", srv.URL(), "--ttl", "2s", "--id", "b", "sched", "--", "sh", "-c", script, log)
 
 	code, stdout, stderr := runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "--kind", "election", "sched")
-	if code != 0 || !strings.Contains(stdout, "leader:    a") {
+	if code != 0 || !strings.Contains(stdout, "sched: held\n") || !strings.Contains(stdout, "leader:    a") {
 		t.Errorf("status --kind election: %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	if lines := readLines(t, log); len(lines) != 1 {
@@ -235,7 +295,7 @@ func TestElectRunsCommandOnlyWhileLeading(t *testing.T) {
 }
 
 func TestDemo(t *testing.T) {
-	code, stdout, stderr := runNatslease(t, 60*time.Second, "demo", "-n", "3", "-ttl", "1s")
+	code, stdout, stderr := runNatslease(t, 60*time.Second, "demo", "-n", "3", "--ttl", "1s")
 	if code != 0 {
 		t.Fatalf("status %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}

@@ -36,13 +36,13 @@ func (c *connFlags) register(fs *flag.FlagSet, defaultServer, serverHelp string)
 		if defaultServer = os.Getenv("NATS_URL"); defaultServer == "" {
 			defaultServer = nats.DefaultURL
 		}
-		serverHelp = "NATS server URLs, comma separated ($NATS_URL, when set, is the default)"
+		serverHelp = "NATS server `URLs`, comma separated ($NATS_URL, when set, is the default)"
 	}
 	fs.StringVar(&c.server, "server", defaultServer, serverHelp)
 	fs.StringVar(&c.server, "s", defaultServer, "short for --server")
 	fs.StringVar(&c.creds, "creds", "", "user credentials `file` (JWT and NKey seed)")
-	fs.StringVar(&c.user, "user", "", "user name, or token when --password is empty")
-	fs.StringVar(&c.password, "password", "", "password")
+	fs.StringVar(&c.user, "user", "", "user `name`, or token when --password is empty")
+	fs.StringVar(&c.password, "password", "", "`password` for --user")
 	fs.StringVar(&c.tlsCert, "tlscert", "", "TLS client certificate `file`")
 	fs.StringVar(&c.tlsKey, "tlskey", "", "TLS client private key `file`")
 	fs.StringVar(&c.tlsCA, "tlsca", "", "TLS certificate authority `file` to verify the server with")

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sync"
@@ -27,7 +26,7 @@ seconds.
 
 Examples:
   go run ./cmd/natslease demo
-  natslease demo -n 5 -ttl 3s
+  natslease demo -n 5 --ttl 3s
   natslease demo --server nats://127.0.0.1:4222   # against a running server
 `
 
@@ -44,21 +43,25 @@ type demoTerm struct {
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	c := newCommand("demo", demoUsage)
 	var cf connFlags
-	cf.register(fs, "", "NATS server URL; empty starts an embedded nats-server")
-	n := fs.Int("n", 3, "number of candidates (at least 2)")
-	ttl := fs.Duration("ttl", 2*time.Second, "leadership TTL (at least 1s): the failover takes about this long")
-	if ok, code := parseFlags(fs, demoUsage, args, stdout, stderr); !ok {
-		return code
+	cf.register(c.fs, "", "NATS server `URL`; empty starts an embedded nats-server")
+	n := c.fs.Int("candidates", 3, "`number` of candidates (at least 2)")
+	c.fs.IntVar(n, "n", 3, "short for --candidates")
+	ttlFlag := c.durationVar("ttl", 2*time.Second, "leadership TTL, a `duration` (at least 1s): the failover takes about this long")
+	p, ok, status := c.parseOrExit(args, stdout, stderr)
+	if !ok {
+		return status
 	}
+	ttl := &ttlFlag.d
 	switch {
-	case fs.NArg() != 0:
-		return usageError(stderr, "demo", "unexpected arguments %q", fs.Args())
+	case len(p.args) != 0 || p.dashes:
+		return usageError(stderr, "demo", "unexpected arguments %q", append(p.args, p.command...))
 	case *n < 2:
-		return usageError(stderr, "demo", "-n %d: the demo needs at least 2 candidates", *n)
-	case *ttl < leadelect.MinTTL:
-		return usageError(stderr, "demo", "-ttl %v is below the 1s minimum", *ttl)
+		return usageError(stderr, "demo", "--candidates %d: the demo needs at least 2 candidates", *n)
+	}
+	if err := atLeast("ttl", ttlFlag, leadelect.MinTTL); err != nil {
+		return usageError(stderr, "demo", "%v", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10**ttl+30*time.Second)
 	defer cancel()

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,11 +29,23 @@ If the lock is lost (the server or the network failed for longer than the
 renewals can bridge), COMMAND is sent SIGTERM, then SIGKILL after --grace,
 and natslease exits with COMMAND's status, or 1 if that was 0. SIGINT and
 SIGTERM sent to natslease are forwarded to COMMAND, which runs in its own
-process group. Flags go before KEY.
+process group.
+
+If natslease itself dies (kill -9, a crash), COMMAND and everything in its
+process group is killed at once: a guard process started with COMMAND
+watches natslease (on Linux also through the kernel's parent-death
+signal). A natslease that is paused (SIGSTOP, a frozen VM) cannot stop
+COMMAND while the lock expires and another host takes it: make COMMAND's
+writes carry NATSLEASE_TOKEN and have the resource refuse smaller tokens.
+
+With --json, natslease's own lines on stderr are JSON objects, one per
+event: acquired, released, lost, locked (taken by another holder),
+command_exited (with "status"), interrupted and error, each with "time",
+"event" and "key". Flags may also follow KEY; COMMAND comes after --.
 
 Exit status: COMMAND's; 75 when the lock stayed taken (--wait 0, or --wait
-ran out; the holder is named on stderr); 1 for natslease's own errors;
-127 when COMMAND cannot be started.
+ran out; the holder is named on stderr); 2 for usage errors; 1 for
+natslease's other errors; 127 when COMMAND cannot be started.
 
 Examples:
   # A cron job on several hosts that must run once: the first host runs
@@ -49,29 +60,34 @@ Examples:
 `
 
 func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("lock", flag.ContinueOnError)
+	c := newCommand("lock", lockUsage)
 	var cf connFlags
-	cf.register(fs, "", "")
-	ttl := fs.Duration("ttl", dlock.DefaultTTL, "lock TTL: a holder that stops renewing loses the lock after it (at least 1s; all users of a bucket must agree)")
-	var wait optDuration
-	fs.Var(&wait, "wait", "how long to wait for the lock, a `duration`; 0 tries once (default: wait forever)")
-	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL when the lock is lost")
-	bucket := fs.String("bucket", dlock.DefaultBucket, "KeyValue bucket holding the locks")
-	verbose := fs.Bool("v", false, "report acquisition and release on stderr")
-	if ok, code := parseFlags(fs, lockUsage, args, stdout, stderr); !ok {
+	cf.register(c.fs, "", "")
+	ttl := c.durationVar("ttl", dlock.DefaultTTL, "lock TTL, a `duration`: a holder that stops renewing loses the lock after it (at least 1s; all users of a bucket must agree)")
+	wait := c.durationVar("wait", 0, "how long to wait for the lock, a `duration`; 0 tries once (default: wait forever)")
+	grace := c.durationVar("grace", 5*time.Second, "`duration` between SIGTERM and SIGKILL when the lock is lost")
+	bucket := c.fs.String("bucket", dlock.DefaultBucket, "KeyValue `bucket` holding the locks")
+	verbose := c.fs.Bool("verbose", false, "report acquisition and release on stderr")
+	c.fs.BoolVar(verbose, "v", false, "short for --verbose")
+	jsonOut := c.fs.Bool("json", false, "report events on stderr as JSON lines (acquired, released, lost, locked, command_exited, error)")
+	p, ok, code := c.parseOrExit(args, stdout, stderr)
+	if !ok {
 		return code
 	}
-	key, argv, err := splitCommand(fs.Args())
+	key, argv, err := keyAndCommand(p)
+	if err == nil {
+		err = atLeast("ttl", ttl, dlock.MinTTL)
+	}
+	if err == nil {
+		err = checkBucket(*bucket)
+	}
 	if err != nil {
 		return usageError(stderr, "lock", "%v", err)
 	}
-	if *ttl < dlock.MinTTL {
-		return usageError(stderr, "lock", "--ttl %v is below the 1s minimum", *ttl)
-	}
-	logf := func(format string, args ...any) {
-		if *verbose {
-			fmt.Fprintf(stderr, "natslease: "+format+"\n", args...)
-		}
+	ev := &events{w: stderr, json: *jsonOut, verbose: *verbose}
+	if err := lookCommand(argv); err != nil {
+		ev.report("error", fmt.Sprintf("cannot run %s: %v", argv[0], err), "error", oneLine(err), "command", argv[0])
+		return exitNoExec
 	}
 
 	// Signals are caught from the start: while waiting they end the
@@ -82,29 +98,30 @@ func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	nc, js, err := cf.connect(ctx)
 	if err != nil {
-		return fail(stderr, err)
+		return ev.failed(err)
 	}
 	defer nc.Close()
-	client, err := dlock.New(ctx, js, dlock.WithTTL(*ttl), dlock.WithBucket(*bucket))
+	client, err := dlock.New(ctx, js, dlock.WithTTL(ttl.d), dlock.WithBucket(*bucket))
 	if err != nil {
-		return fail(stderr, explain(err))
+		return ev.failed(explain(err))
 	}
+	release := min(ttl.d, 5*time.Second)
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(*ttl, 5*time.Second))
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), release)
 		defer cancel()
 		_ = client.Close(cctx)
 	}()
 
-	l, code := acquireLock(ctx, client, key, wait, sigs, stderr)
+	l, code := acquireLock(ctx, client, key, *wait, sigs, ev)
 	if l == nil {
 		return code
 	}
-	logf("locked %s (token %d)", key, l.Token())
+	ev.routine("acquired", fmt.Sprintf("locked %s (token %d)", key, l.Token()), "key", key, "token", l.Token())
 
 	ch, err := startChild(argv, childEnv(key, l.Token()), stdout, stderr)
 	if err != nil {
-		_ = unlock(ctx, l, min(*ttl, 5*time.Second))
-		fmt.Fprintf(stderr, "natslease: cannot run %s: %v\n", argv[0], err)
+		_ = unlock(ctx, l, release)
+		ev.report("error", fmt.Sprintf("cannot run %s: %v", argv[0], err), "error", oneLine(err), "command", argv[0])
 		return exitNoExec
 	}
 	lost := false
@@ -117,23 +134,25 @@ wait:
 			ch.signal(s)
 		case <-l.Lost():
 			lost = true
-			fmt.Fprintf(stderr, "natslease: lock %s lost; stopping %s (SIGTERM, SIGKILL after %v)\n", key, argv[0], *grace)
-			ch.stop(*grace)
+			ev.report("lost", fmt.Sprintf("lock %s lost; stopping %s (SIGTERM, SIGKILL after %v)", key, argv[0], grace.d),
+				"key", key, "token", l.Token())
+			ch.stop(grace.d)
 			break wait
 		}
 	}
 	status := ch.status()
-	unlockWithin := min(*ttl, 5*time.Second)
+	ev.routine("command_exited", fmt.Sprintf("%s exited with status %d", argv[0], status), "key", key, "command", argv[0], "status", status)
+	unlockWithin := release
 	if lost { // the key expires by itself; do not linger on a dead server
 		unlockWithin = min(unlockWithin, 500*time.Millisecond)
 	}
 	if err := unlock(ctx, l, unlockWithin); errors.Is(err, dlock.ErrLockLost) && !lost {
 		lost = true
-		fmt.Fprintf(stderr, "natslease: lock %s was lost while %s ran\n", key, argv[0])
+		ev.report("lost", fmt.Sprintf("lock %s was lost while %s ran", key, argv[0]), "key", key, "token", l.Token())
 	} else if err != nil && !lost {
-		fmt.Fprintf(stderr, "natslease: releasing %s: %v (it expires within %v)\n", key, err, *ttl)
+		ev.report("error", fmt.Sprintf("releasing %s: %v (it expires within %v)", key, err, ttl.d), "key", key, "error", oneLine(err))
 	} else if !lost {
-		logf("released %s", key)
+		ev.routine("released", fmt.Sprintf("released %s", key), "key", key, "token", l.Token())
 	}
 	if lost && status == 0 {
 		return exitError
@@ -143,16 +162,16 @@ wait:
 
 // acquireLock takes the lock as --wait says. On failure it returns nil
 // and the exit status, having said why on stderr.
-func acquireLock(ctx context.Context, client *dlock.Client, key string, wait optDuration, sigs <-chan os.Signal, stderr io.Writer) (*dlock.Lock, int) {
+func acquireLock(ctx context.Context, client *dlock.Client, key string, wait durationFlag, sigs <-chan os.Signal, ev *events) (*dlock.Lock, int) {
 	if wait.set && wait.d == 0 {
 		l, err := client.TryLock(ctx, key)
 		var le *dlock.LockedError
 		switch {
 		case errors.As(err, &le):
-			fmt.Fprintf(stderr, "natslease: %s is locked by %s\n", key, describeHolder(le.Holder))
+			ev.report("locked", fmt.Sprintf("%s is locked by %s", key, describeHolder(le.Holder)), holderFields(key, le.Holder)...)
 			return nil, exitTempFail
 		case err != nil:
-			return nil, fail(stderr, explain(err))
+			return nil, ev.failed(explain(err))
 		}
 		return l, exitOK
 	}
@@ -182,7 +201,7 @@ func acquireLock(ctx context.Context, client *dlock.Client, key string, wait opt
 		if err == nil { // the lock came with the signal: give it back
 			_ = unlock(ctx, l, min(client.TTL(), 5*time.Second))
 		}
-		fmt.Fprintf(stderr, "natslease: interrupted while waiting for %s\n", key)
+		ev.report("interrupted", fmt.Sprintf("interrupted while waiting for %s", key), "key", key, "signal", s.String())
 		if sn, ok := s.(syscall.Signal); ok {
 			return nil, 128 + int(sn)
 		}
@@ -193,16 +212,17 @@ func acquireLock(ctx context.Context, client *dlock.Client, key string, wait opt
 		return l, exitOK
 	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		holder := "another holder"
+		var h dlock.HolderInfo
 		hctx, hcancel := context.WithTimeout(ctx, 2*time.Second)
 		defer hcancel()
-		if h, herr := client.Holder(hctx, key); herr == nil {
-			holder = describeHolder(h)
+		if hi, herr := client.Holder(hctx, key); herr == nil {
+			h = hi
 		}
-		fmt.Fprintf(stderr, "natslease: gave up waiting for %s after %v; it is locked by %s\n", key, wait.d, holder)
+		ev.report("locked", fmt.Sprintf("gave up waiting for %s after %v; it is locked by %s", key, wait.d, describeHolder(h)),
+			append(holderFields(key, h), "waited", wait.d)...)
 		return nil, exitTempFail
 	}
-	return nil, fail(stderr, explain(err))
+	return nil, ev.failed(explain(err))
 }
 
 // unlock releases l, giving up after limit (the key then expires).
@@ -223,6 +243,15 @@ func describeHolder(h dlock.HolderInfo) string {
 	}
 	return fmt.Sprintf("pid %d on %s (owner %s, token %d, expires in %v unless renewed)",
 		h.PID, host, h.Owner, h.Token, h.TimeLeft.Round(time.Millisecond))
+}
+
+// holderFields are a holder's JSON fields.
+func holderFields(key string, h dlock.HolderInfo) []any {
+	f := []any{"key", key}
+	if h.Owner != "" {
+		f = append(f, "owner", h.Owner, "hostname", h.Hostname, "pid", h.PID, "token", h.Token, "time_left", h.TimeLeft)
+	}
+	return f
 }
 
 func formatUint(n uint64) string { return strconv.FormatUint(n, 10) }

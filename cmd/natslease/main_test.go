@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func (c cleanupM) Run() int {
 type proc struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr bytes.Buffer
+	stderr syncBuffer
 	done   chan struct{}
 	status int
 }
@@ -60,10 +61,22 @@ type proc struct {
 // kills it if it is still running, and waits for it.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with more environment variables ("" entries are
+// skipped).
+func startEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
 	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = &p.stderr
 	p.cmd.Env = append(os.Environ(), "NATS_URL=") // only --server counts
+	for _, e := range env {
+		if e != "" {
+			p.cmd.Env = append(p.cmd.Env, e)
+		}
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting natslease: %v", err)
 	}
@@ -81,6 +94,26 @@ func start(t *testing.T, args ...string) *proc {
 	})
 	return p
 }
+
+// syncBuffer is a buffer that may be read while the process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (p *proc) stderrString() string { return p.stderr.String() }
 
 // wait waits up to limit for the process to exit and returns its status.
 func (p *proc) wait(t *testing.T, limit time.Duration) int {

@@ -80,7 +80,7 @@ func TestElectExitsWithCommandStatus(t *testing.T) {
 	}
 	// It resigned: the election is free at once.
 	code, stdout, stderr := runNatslease(t, 10*time.Second, "status", "--server", srv.URL(), "--kind", "election", "once")
-	if code != 0 || !strings.Contains(stdout, "free") {
+	if code != exitFree || !strings.Contains(stdout, "free") {
 		t.Errorf("after the command exited: status %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

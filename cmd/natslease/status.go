@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -19,31 +19,77 @@ const statusUsage = `Usage: natslease status [flags] KEY
 Prints who holds the lock KEY (--kind lock, the default: owner, host, pid,
 fencing token, revision, time left before it expires unless renewed) or
 who leads the election KEY (--kind election: leader ID, token, since
-when), or "free". Exits 0 either way; 1 only on errors. It never creates
-a bucket.
+when), or "free". It never creates a bucket.
+
+With --json it prints one JSON object instead:
+  {"key":"k","bucket":"dlock","kind":"lock","held":true,"owner":"…",
+   "hostname":"…","pid":42,"token":7,"revision":9,
+   "acquired_at":"2026-01-02T15:04:05Z","time_left":1.5,"ttl":30}
+for an election "leader", "nonce" and "since" take the place of owner,
+hostname, pid, acquired_at, time_left and ttl. Durations are in seconds.
+A free key gives {"key":…,"bucket":…,"kind":…,"held":false}.
+
+Exit status: 0 when KEY is held, 3 when it is free, 2 for usage errors,
+1 for other errors (the server cannot be reached, ...).
 
 Examples:
   natslease status nightly-report
   natslease status --kind election scheduler
+  natslease status --json nightly-report | jq .token
+  if natslease status db.migrate >/dev/null; then echo "a migration runs"; fi
   NATS_URL=nats://nats.internal:4222 natslease status --bucket jobs db.migrate
 `
 
+// statusReport is status's answer; its JSON form is --json's output.
+type statusReport struct {
+	Key    string `json:"key"`
+	Bucket string `json:"bucket"`
+	Kind   string `json:"kind"`
+	Held   bool   `json:"held"`
+
+	Owner      string   `json:"owner,omitempty"`
+	Hostname   string   `json:"hostname,omitempty"`
+	PID        int      `json:"pid,omitempty"`
+	Leader     string   `json:"leader,omitempty"`
+	Nonce      string   `json:"nonce,omitempty"`
+	Token      uint64   `json:"token,omitempty"`
+	Revision   uint64   `json:"revision,omitempty"`
+	AcquiredAt string   `json:"acquired_at,omitempty"`
+	Since      string   `json:"since,omitempty"`
+	TimeLeft   *float64 `json:"time_left,omitempty"`
+	TTL        *float64 `json:"ttl,omitempty"`
+
+	note string // text output only: why it is free
+}
+
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	c := newCommand("status", statusUsage)
 	var cf connFlags
-	cf.register(fs, "", "")
-	kind := fs.String("kind", "lock", "what KEY is: lock (natslease lock, dlock) or election (natslease elect, leadelect)")
-	bucket := fs.String("bucket", "", `KeyValue bucket (default "dlock" for locks, "leadelect" for elections)`)
-	if ok, code := parseFlags(fs, statusUsage, args, stdout, stderr); !ok {
+	cf.register(c.fs, "", "")
+	kind := c.fs.String("kind", "lock", "what KEY is: lock (natslease lock, dlock) or election (natslease elect, leadelect)")
+	bucket := c.fs.String("bucket", "", "KeyValue `bucket` (default \"dlock\" for locks, \"leadelect\" for elections)")
+	jsonOut := c.fs.Bool("json", false, "print one JSON object")
+	p, ok, code := c.parseOrExit(args, stdout, stderr)
+	if !ok {
 		return code
 	}
-	if fs.NArg() != 1 {
-		return usageError(stderr, "status", "want exactly one KEY, got %d arguments", fs.NArg())
+	positional := append(p.args, p.command...) // "--" only ends the flags here
+	var err error
+	switch {
+	case len(positional) != 1:
+		err = fmt.Errorf("want exactly one KEY, got %d arguments", len(positional))
+	case *kind != "lock" && *kind != "election":
+		err = fmt.Errorf("--kind %q is neither lock nor election", *kind)
+	default:
+		err = checkKey(positional[0])
 	}
-	key := fs.Arg(0)
-	if *kind != "lock" && *kind != "election" {
-		return usageError(stderr, "status", "--kind %q is neither lock nor election", *kind)
+	if err == nil && *bucket != "" {
+		err = checkBucket(*bucket)
 	}
+	if err != nil {
+		return usageError(stderr, "status", "%v", err)
+	}
+	key := positional[0]
 	if *bucket == "" {
 		*bucket = dlock.DefaultBucket
 		if *kind == "election" {
@@ -57,79 +103,121 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(stderr, err)
 	}
 	defer nc.Close()
+	r := statusReport{Key: key, Bucket: *bucket, Kind: *kind}
 	if *kind == "election" {
-		return electionStatus(ctx, js, *bucket, key, stdout, stderr)
-	}
-	return lockStatus(ctx, js, *bucket, key, stdout, stderr)
-}
-
-func lockStatus(ctx context.Context, js jetstream.JetStream, bucket, key string, stdout, stderr io.Writer) int {
-	where := bucket + "/" + key
-	// The bucket's settings are read rather than assumed: dlock.New
-	// refuses a bucket whose TTL or storage differs from the ones asked.
-	kv, err := js.KeyValue(ctx, bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		fmt.Fprintf(stdout, "%s: free (no bucket %q yet)\n", where, bucket)
-		return exitOK
+		err = electionStatus(ctx, js, &r)
+	} else {
+		err = lockStatus(ctx, js, &r)
 	}
 	if err != nil {
-		return fail(stderr, fmt.Errorf("opening bucket %q: %w", bucket, err))
+		return fail(stderr, err)
+	}
+	if *jsonOut {
+		b, _ := json.Marshal(r) // plain fields: cannot fail
+		fmt.Fprintf(stdout, "%s\n", b)
+	} else {
+		printStatus(stdout, r)
+	}
+	if !r.Held {
+		return exitFree
+	}
+	return exitOK
+}
+
+func lockStatus(ctx context.Context, js jetstream.JetStream, r *statusReport) error {
+	// The bucket's settings are read rather than assumed: dlock.New
+	// refuses a bucket whose TTL or storage differs from the ones asked.
+	kv, err := js.KeyValue(ctx, r.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		r.note = fmt.Sprintf("no bucket %q yet", r.Bucket)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening bucket %q: %w", r.Bucket, err)
 	}
 	st, err := kv.Status(ctx)
 	if err != nil {
-		return fail(stderr, fmt.Errorf("reading bucket %q: %w", bucket, err))
+		return fmt.Errorf("reading bucket %q: %w", r.Bucket, err)
 	}
-	opts := []dlock.Option{dlock.WithBucket(bucket), dlock.WithTTL(st.TTL())}
+	opts := []dlock.Option{dlock.WithBucket(r.Bucket), dlock.WithTTL(st.TTL())}
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
 		c := bs.StreamInfo().Config
 		opts = append(opts, dlock.WithStorage(c.Storage), dlock.WithReplicas(c.Replicas))
 	}
 	client, err := dlock.New(ctx, js, opts...)
 	if err != nil {
-		return fail(stderr, explain(fmt.Errorf("bucket %q is not a dlock bucket: %w", bucket, err)))
+		return explain(fmt.Errorf("bucket %q is not a dlock bucket: %w", r.Bucket, err))
 	}
 	defer func() { _ = client.Close(ctx) }()
-	h, err := client.Holder(ctx, key)
+	h, err := client.Holder(ctx, r.Key)
 	switch {
 	case errors.Is(err, dlock.ErrNotLocked):
-		fmt.Fprintf(stdout, "%s: free\n", where)
-		return exitOK
+		return nil
 	case err != nil:
-		return fail(stderr, err)
+		return err
 	}
-	fmt.Fprintf(stdout, "%s: held\n", where)
-	fmt.Fprintf(stdout, "  owner:     %s\n", h.Owner)
-	fmt.Fprintf(stdout, "  host:      %s\n", orUnknown(h.Hostname))
-	fmt.Fprintf(stdout, "  pid:       %d\n", h.PID)
-	fmt.Fprintf(stdout, "  token:     %d\n", h.Token)
-	fmt.Fprintf(stdout, "  revision:  %d\n", h.Revision)
-	fmt.Fprintf(stdout, "  acquired:  %s (%v ago)\n", h.AcquiredAt.Format(time.RFC3339Nano), time.Since(h.AcquiredAt).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "  time left: %v (lock TTL %v)\n", h.TimeLeft.Round(time.Millisecond), client.TTL())
-	return exitOK
+	left, ttl := h.TimeLeft.Seconds(), client.TTL().Seconds()
+	r.Held = true
+	r.Owner, r.Hostname, r.PID = h.Owner, h.Hostname, h.PID
+	r.Token, r.Revision = h.Token, h.Revision
+	r.AcquiredAt = h.AcquiredAt.UTC().Format(time.RFC3339Nano)
+	r.TimeLeft, r.TTL = &left, &ttl
+	return nil
 }
 
-func electionStatus(ctx context.Context, js jetstream.JetStream, bucket, key string, stdout, stderr io.Writer) int {
-	where := bucket + "/" + key
-	obs, err := leadelect.NewObserver(js, leadelect.ObserverConfig{Bucket: bucket, Key: key})
+func electionStatus(ctx context.Context, js jetstream.JetStream, r *statusReport) error {
+	obs, err := leadelect.NewObserver(js, leadelect.ObserverConfig{Bucket: r.Bucket, Key: r.Key})
 	if err != nil {
-		return fail(stderr, explain(err))
+		return explain(err)
 	}
 	info, err := obs.Leader(ctx)
 	switch {
 	case errors.Is(err, leadelect.ErrNoLeader):
-		fmt.Fprintf(stdout, "%s: free (no leader)\n", where)
-		return exitOK
+		r.note = "no leader"
+		return nil
 	case err != nil:
-		return fail(stderr, explain(err))
+		return explain(err)
 	}
-	fmt.Fprintf(stdout, "%s: led\n", where)
-	fmt.Fprintf(stdout, "  leader:    %s\n", info.ID)
-	fmt.Fprintf(stdout, "  nonce:     %s\n", info.Nonce)
-	fmt.Fprintf(stdout, "  token:     %d\n", info.Token)
-	fmt.Fprintf(stdout, "  revision:  %d\n", info.Revision)
-	fmt.Fprintf(stdout, "  since:     %s (%v ago)\n", info.Since.Format(time.RFC3339Nano), time.Since(info.Since).Round(time.Millisecond))
-	return exitOK
+	r.Held = true
+	r.Leader, r.Nonce = info.ID, info.Nonce
+	r.Token, r.Revision = info.Token, info.Revision
+	r.Since = info.Since.UTC().Format(time.RFC3339Nano)
+	return nil
 }
+
+// printStatus is the text form: "bucket/key: held" and one field a line,
+// or "bucket/key: free (why)".
+func printStatus(w io.Writer, r statusReport) {
+	where := r.Bucket + "/" + r.Key
+	if !r.Held {
+		if r.note != "" {
+			fmt.Fprintf(w, "%s: free (%s)\n", where, r.note)
+		} else {
+			fmt.Fprintf(w, "%s: free\n", where)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s: held\n", where)
+	if r.Kind == "election" {
+		since, _ := time.Parse(time.RFC3339Nano, r.Since)
+		fmt.Fprintf(w, "  leader:    %s\n", r.Leader)
+		fmt.Fprintf(w, "  nonce:     %s\n", r.Nonce)
+		fmt.Fprintf(w, "  token:     %d\n", r.Token)
+		fmt.Fprintf(w, "  revision:  %d\n", r.Revision)
+		fmt.Fprintf(w, "  since:     %s (%v ago)\n", r.Since, time.Since(since).Round(time.Millisecond))
+		return
+	}
+	acquired, _ := time.Parse(time.RFC3339Nano, r.AcquiredAt)
+	fmt.Fprintf(w, "  owner:     %s\n", r.Owner)
+	fmt.Fprintf(w, "  host:      %s\n", orUnknown(r.Hostname))
+	fmt.Fprintf(w, "  pid:       %d\n", r.PID)
+	fmt.Fprintf(w, "  token:     %d\n", r.Token)
+	fmt.Fprintf(w, "  revision:  %d\n", r.Revision)
+	fmt.Fprintf(w, "  acquired:  %s (%v ago)\n", r.AcquiredAt, time.Since(acquired).Round(time.Millisecond))
+	fmt.Fprintf(w, "  time left: %v (lock TTL %v)\n", seconds(*r.TimeLeft).Round(time.Millisecond), seconds(*r.TTL))
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 func orUnknown(s string) string {
 	if s == "" {
