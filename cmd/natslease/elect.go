@@ -64,6 +64,7 @@ func runElect(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	grace := c.durationVar("grace", 5*time.Second, "`duration` between SIGTERM and SIGKILL when leadership ends")
 	bucket := c.fs.String("bucket", leadelect.DefaultBucket, "KeyValue `bucket` holding the election")
 	jsonOut := c.fs.Bool("json", false, "report events on stderr as JSON lines (leading, leader, stopped_leading, command_exited, resigning, error)")
+	metricsAddr := c.fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port) while natslease runs")
 	p, ok, code := c.parseOrExit(args, stdout, stderr)
 	if !ok {
 		return code
@@ -103,6 +104,11 @@ func runElect(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}()
 
+	ms, err := serveMetrics(*metricsAddr)
+	if err != nil {
+		return ev.failed(err)
+	}
+	defer ms.close()
 	nc, js, err := cf.connect(runCtx)
 	if err != nil {
 		if errors.Is(context.Cause(runCtx), errInterrupted) {
@@ -111,7 +117,7 @@ func runElect(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return ev.failed(err)
 	}
 	defer nc.Close()
-	e, err := leadelect.New(js, leadelect.Config{Bucket: *bucket, Key: key, ID: *id, TTL: ttl.d})
+	e, err := leadelect.New(js, leadelect.Config{Bucket: *bucket, Key: key, ID: *id, TTL: ttl.d, Metrics: ms.sink()})
 	if err != nil {
 		return ev.failed(explain(err))
 	}

@@ -70,6 +70,7 @@ func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	verbose := c.fs.Bool("verbose", false, "report acquisition and release on stderr")
 	c.fs.BoolVar(verbose, "v", false, "short for --verbose")
 	jsonOut := c.fs.Bool("json", false, "report events on stderr as JSON lines (acquired, released, lost, locked, command_exited, error)")
+	metricsAddr := c.fs.String("metrics", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port) while natslease runs")
 	p, ok, code := c.parseOrExit(args, stdout, stderr)
 	if !ok {
 		return code
@@ -96,12 +97,17 @@ func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	ms, err := serveMetrics(*metricsAddr)
+	if err != nil {
+		return ev.failed(err)
+	}
+	defer ms.close()
 	nc, js, err := cf.connect(ctx)
 	if err != nil {
 		return ev.failed(err)
 	}
 	defer nc.Close()
-	client, err := dlock.New(ctx, js, dlock.WithTTL(ttl.d), dlock.WithBucket(*bucket))
+	client, err := dlock.New(ctx, js, dlock.WithTTL(ttl.d), dlock.WithBucket(*bucket), dlock.WithMetrics(ms.sink()))
 	if err != nil {
 		return ev.failed(explain(err))
 	}
