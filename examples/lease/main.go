@@ -6,16 +6,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natskvlease/natskvlease"
-	"github.com/natskvlease/natskvlease/internal/embedded"
 )
 
 func main() {
@@ -28,7 +29,7 @@ func main() {
 func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	url, stop, err := embedded.Start()
+	url, stop, err := startServer()
 	if err != nil {
 		return err
 	}
@@ -89,4 +90,38 @@ func run() error {
 	<-acquired
 	say("replica-a released; replica-b acquired %v later through the key's watch, token %d", time.Since(released).Round(10*time.Microsecond), b.Token())
 	return nil
+}
+
+// startServer runs a nats-server with JetStream inside this program, on
+// a random loopback port, storing its data in a temporary directory. In
+// production you connect to your NATS servers instead
+// (nats.Connect(nats.DefaultURL) or your cluster's URLs).
+func startServer() (url string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "natskvlease-example-*")
+	if err != nil {
+		return "", nil, err
+	}
+	srv, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      server.RANDOM_PORT,
+		JetStream: true,
+		StoreDir:  dir,
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return "", nil, err
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		_ = os.RemoveAll(dir)
+		return "", nil, errors.New("nats-server did not start within 10s")
+	}
+	return srv.ClientURL(), func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.RemoveAll(dir)
+	}, nil
 }
