@@ -43,6 +43,9 @@ type queue struct {
 	place  uint64
 	rev    uint64 // the ticket's latest revision
 	sentAt time.Time
+	// retryAt is when to try again after a renewal that could not be
+	// made: never sooner, so that a server out of reach is not flooded.
+	retryAt time.Time
 	// places holds every live ticket seen, by key: their places.
 	places map[string]uint64
 }
@@ -60,22 +63,26 @@ func (l *Lease) canQueue() bool {
 
 // joinQueue writes a new ticket for this waiter.
 func (l *Lease) joinQueue(ctx context.Context) (*queue, error) {
+	q := &queue{lease: l, filter: queueFilter(l.cfg.Key), places: make(map[string]uint64)}
+	if err := q.join(ctx); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// join takes a place at the back of the queue with a new ticket.
+func (q *queue) join(ctx context.Context) error {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b) // never fails
-	nonce := hex.EncodeToString(b)
-	q := &queue{
-		lease:  l,
-		key:    queuePrefix + l.cfg.Key + "." + nonce,
-		filter: queueFilter(l.cfg.Key),
-		nonce:  nonce,
-		places: make(map[string]uint64),
-	}
+	q.nonce = hex.EncodeToString(b)
+	q.key = queuePrefix + q.lease.cfg.Key + "." + q.nonce
+	q.place = 0
 	if err := q.write(ctx, 0); err != nil {
-		return nil, err
+		return err
 	}
 	q.place = q.rev
 	q.places[q.key] = q.place
-	return q, nil
+	return nil
 }
 
 // write writes the ticket, expecting revision expected (0: a new one).
@@ -93,23 +100,29 @@ func (q *queue) write(ctx context.Context, expected uint64) error {
 	return nil
 }
 
-// renewDue is how long until the ticket is due for renewal.
+// renewDue is how long until the ticket is due for renewal: a third of
+// the TTL after its last write was sent, or soon after a renewal that
+// could not be made.
 func (q *queue) renewDue() time.Duration {
-	return max(time.Until(q.sentAt.Add(renewAfter(q.lease.TTL(), defaultRenewRatio))), 0)
+	due := q.sentAt.Add(renewAfter(q.lease.TTL(), defaultRenewRatio))
+	if q.retryAt.After(due) {
+		due = q.retryAt
+	}
+	return max(time.Until(due), 0)
 }
 
-// renew renews the ticket. If it has expired meanwhile (the waiter was
-// paused), the waiter joins again, at the back.
+// renew renews the ticket. If the ticket has expired meanwhile (its
+// waiter was paused or cut off), the waiter joins again, at the back,
+// with a new ticket. A renewal that cannot be made is tried again after
+// an attempt's timeout.
 func (q *queue) renew(ctx context.Context) {
 	err := q.write(ctx, q.rev)
-	if err == nil || !isRevisionMismatch(err) {
-		return
+	if err != nil && isRevisionMismatch(err) {
+		delete(q.places, q.key)
+		err = q.join(ctx)
 	}
-	delete(q.places, q.key)
-	q.place = 0
-	if err := q.write(ctx, 0); err == nil {
-		q.place = q.rev
-		q.places[q.key] = q.place
+	if err != nil {
+		q.retryAt = time.Now().Add(q.lease.attemptTimeout())
 	}
 }
 

@@ -234,3 +234,40 @@ func TestQueueStuckWaiterBlocksAtMostTTL(t *testing.T) {
 		})
 	}
 }
+
+// TestQueueRenewAfterExpiryRejoins: a waiter whose ticket is gone (it
+// expired while the waiter was paused) takes a new ticket at the back,
+// once, rather than retrying the old one.
+func TestQueueRenewAfterExpiryRejoins(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	ctx := natstest.Context(t)
+	l := NewLease(kv, leaseCfg("job", "waiter"))
+	prepared(t, l)
+	q, err := l.joinQueue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey, oldPlace := q.key, q.place
+	if _, err := l.ops.purge(ctx, q.key, q.rev, time.Second); err != nil { // as an expiry would
+		t.Fatal(err)
+	}
+	q.renew(ctx)
+	if q.key == oldKey || q.place <= oldPlace || !q.first() {
+		t.Fatalf("after renewing a gone ticket: key %s (was %s), place %d (was %d); want a new ticket at the back", q.key, oldKey, q.place, oldPlace)
+	}
+	if d := q.renewDue(); d <= 0 {
+		t.Fatalf("renewal due in %v right after joining again; want a third of the TTL", d)
+	}
+	// A renewal that cannot be made (the bucket is gone) is not retried
+	// at once.
+	_, js := srv.JetStream()
+	if err := js.DeleteKeyValue(ctx, kv.Bucket()); err != nil {
+		t.Fatal(err)
+	}
+	q.renew(ctx)
+	if d := q.renewDue(); d <= 0 {
+		t.Fatalf("renewal due in %v after a failed one; want a pause", d)
+	}
+	q.leave()
+}
