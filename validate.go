@@ -75,6 +75,7 @@ func ValidateJetStreamEnabled(ctx context.Context, js jetstream.JetStream, logge
 		return configError("jetstream.JetStream", "is nil")
 	}
 	if _, err := js.AccountInfo(ctx); err != nil {
+		err = permissionCause(js.Conn(), subjectsOf(js.Options(), "").api+"INFO", err)
 		if logger != nil {
 			logger.ErrorContext(ctx, "natskvlease: JetStream is not available for this account", "error", err)
 		}

@@ -65,37 +65,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 func lockStatus(ctx context.Context, js jetstream.JetStream, bucket, key string, stdout, stderr io.Writer) int {
 	where := bucket + "/" + key
-	// The bucket's settings are read rather than assumed: dlock.New
-	// refuses a bucket whose TTL or storage differs from the ones asked.
-	kv, err := js.KeyValue(ctx, bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		fmt.Fprintf(stdout, "%s: free (no bucket %q yet)\n", where, bucket)
-		return exitOK
-	}
-	if err != nil {
-		return fail(stderr, fmt.Errorf("opening bucket %q: %w", bucket, err))
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return fail(stderr, fmt.Errorf("reading bucket %q: %w", bucket, err))
-	}
-	opts := []dlock.Option{dlock.WithBucket(bucket), dlock.WithTTL(st.TTL())}
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
-		c := bs.StreamInfo().Config
-		opts = append(opts, dlock.WithStorage(c.Storage), dlock.WithReplicas(c.Replicas))
-	}
-	client, err := dlock.New(ctx, js, opts...)
-	if err != nil {
-		return fail(stderr, explain(fmt.Errorf("bucket %q is not a dlock bucket: %w", bucket, err)))
-	}
-	defer func() { _ = client.Close(ctx) }()
-	h, err := client.Holder(ctx, key)
+	// Read only: no Client, no bucket created, read permissions suffice.
+	h, err := dlock.ReadHolder(ctx, js, bucket, key)
 	switch {
 	case errors.Is(err, dlock.ErrNotLocked):
 		fmt.Fprintf(stdout, "%s: free\n", where)
 		return exitOK
 	case err != nil:
-		return fail(stderr, err)
+		return fail(stderr, explain(err))
 	}
 	fmt.Fprintf(stdout, "%s: held\n", where)
 	fmt.Fprintf(stdout, "  owner:     %s\n", h.Owner)
@@ -104,7 +81,7 @@ func lockStatus(ctx context.Context, js jetstream.JetStream, bucket, key string,
 	fmt.Fprintf(stdout, "  token:     %d\n", h.Token)
 	fmt.Fprintf(stdout, "  revision:  %d\n", h.Revision)
 	fmt.Fprintf(stdout, "  acquired:  %s (%v ago)\n", h.AcquiredAt.Format(time.RFC3339Nano), time.Since(h.AcquiredAt).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "  time left: %v (lock TTL %v)\n", h.TimeLeft.Round(time.Millisecond), client.TTL())
+	fmt.Fprintf(stdout, "  time left: %v (lock TTL %v)\n", h.TimeLeft.Round(time.Millisecond), h.TTL)
 	return exitOK
 }
 
