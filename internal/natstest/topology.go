@@ -100,7 +100,6 @@ func StartHubLeaf(t testing.TB, leafJetStream bool) *HubLeaf {
 	return hl
 }
 
-
 func mustURL(t testing.TB, s string) *url.URL {
 	t.Helper()
 	u, err := url.Parse(s)
