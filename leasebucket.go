@@ -70,7 +70,11 @@ func (h *KVHelper) OpenLeaseBucket(ctx context.Context, cfg LeaseBucketConfig) (
 
 func (h *KVHelper) openLease(ctx context.Context, cfg LeaseBucketConfig) (jetstream.KeyValue, error) {
 	api := subjectsOf(h.js.Options(), cfg.Bucket).api
-	kv, err := h.js.KeyValue(ctx, cfg.Bucket)
+	// Each request is bounded: a request the server drops (a permission
+	// violation, a leader change) would otherwise wait for ctx.
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	kv, err := h.js.KeyValue(ictx, cfg.Bucket)
 	if err != nil {
 		err = permissionCause(h.js.Conn(), api+"STREAM.INFO.KV_"+cfg.Bucket, err)
 	}
@@ -88,7 +92,9 @@ func (h *KVHelper) openLease(ctx context.Context, cfg LeaseBucketConfig) (jetstr
 	if cfg.FileStorage {
 		storage = jetstream.FileStorage
 	}
-	kv, err = h.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kv, err = h.js.CreateKeyValue(cctx, jetstream.KeyValueConfig{
 		Bucket:         cfg.Bucket,
 		History:        1,
 		Storage:        storage,
@@ -100,7 +106,7 @@ func (h *KVHelper) openLease(ctx context.Context, cfg LeaseBucketConfig) (jetstr
 		h.logger.DebugContext(ctx, "natskvlease: created lease bucket", "bucket", cfg.Bucket, "marker_ttl", markers)
 		return kv, nil
 	case errors.Is(err, jetstream.ErrBucketExists): // created meanwhile
-		return h.js.KeyValue(ctx, cfg.Bucket)
+		return h.js.KeyValue(cctx, cfg.Bucket)
 	}
 	return nil, bucketError(cfg.Bucket, permissionCause(h.js.Conn(), api+"STREAM.CREATE.KV_"+cfg.Bucket, err))
 }
