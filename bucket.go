@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -224,8 +225,10 @@ func jetStreamOf(kv jetstream.KeyValue) jetstream.JetStream {
 // bucketPolicy is what a lease needs to know of its bucket: how long keys
 // may live and whether each write can carry its own TTL.
 type bucketPolicy struct {
-	maxAge time.Duration
-	msgTTL bool // the bucket allows per-message TTLs and we can write them
+	maxAge      time.Duration
+	msgTTL      bool // the bucket allows per-message TTLs and we can write them
+	allowMsgTTL bool // the bucket allows per-message TTLs
+	bound       bool // the KeyValue is bound to its JetStream (BindJetStream)
 }
 
 func readBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy, error) {
@@ -254,11 +257,29 @@ func fetchBucketPolicy(ctx context.Context, kv jetstream.KeyValue) (bucketPolicy
 	if err != nil {
 		return bucketPolicy{}, fmt.Errorf("natskvlease: reading bucket %q: %w", kv.Bucket(), err)
 	}
-	p := bucketPolicy{maxAge: st.TTL()}
+	p := bucketPolicy{maxAge: st.TTL(), bound: jetStreamOf(kv) != nil}
 	if s, ok := st.(*jetstream.KeyValueBucketStatus); ok && s.StreamInfo() != nil {
-		p.msgTTL = s.StreamInfo().Config.AllowMsgTTL && jetStreamOf(kv) != nil
+		cfg := s.StreamInfo().Config
+		if err := checkTopology(kv.Bucket(), cfg); err != nil {
+			return bucketPolicy{}, err
+		}
+		p.allowMsgTTL = cfg.AllowMsgTTL
+		p.msgTTL = cfg.AllowMsgTTL && p.bound
 	}
 	return p, nil
+}
+
+// checkTopology refuses the buckets leases cannot run on safely.
+func checkTopology(bucket string, cfg jetstream.StreamConfig) error {
+	switch {
+	case cfg.Mirror != nil:
+		return fmt.Errorf("%w: bucket %q is a mirror of %q: its reads lag behind and its writes go to the origin; open the origin bucket (through its domain with jetstream.NewWithDomain if it lives elsewhere)",
+			ErrTopologyNotSupported, bucket, strings.TrimPrefix(cfg.Mirror.Name, "KV_"))
+	case len(cfg.Sources) > 0:
+		return fmt.Errorf("%w: bucket %q has sources: values copied from them replace keys without revision checks; use a bucket without sources for leases",
+			ErrTopologyNotSupported, bucket)
+	}
+	return nil
 }
 
 // leaseTTL decides the TTL a lease writes (sent) and the TTL the server
@@ -281,7 +302,8 @@ func (p bucketPolicy) leaseTTL(bucket string, requested time.Duration) (sent, ef
 		return 0, 0, fmt.Errorf("%w: TTL %v is below the server's 1s minimum for per-message TTLs (bucket %q)", ErrTTLNotSupported, requested, bucket)
 	}
 	if p.maxAge > 0 && requested > p.maxAge {
-		return 0, 0, fmt.Errorf("%w: TTL %v exceeds bucket %q MaxAge %v, which would expire the lease early", ErrTTLNotSupported, requested, bucket, p.maxAge)
+		return 0, 0, fmt.Errorf("%w: TTL %v exceeds bucket %q MaxAge %v, which would expire the lease early; set LeaseConfig.TTL to at most %v, or use a bucket without MaxAge (KVHelper.OpenLeaseBucket creates one)",
+			ErrTTLNotSupported, requested, bucket, p.maxAge, p.maxAge)
 	}
 	sent = requested.Truncate(time.Second)
 	if sent < requested {
@@ -295,15 +317,43 @@ func (p bucketPolicy) leaseTTL(bucket string, requested time.Duration) (sent, ef
 }
 
 // maxAgeOnly: without per-message TTLs every revision lives exactly
-// MaxAge, so that is the only TTL a lease can have.
+// MaxAge. A lease may still have a shorter TTL of its own: it renews and
+// believes by it (its safety deadline is its own TTL less a tenth, which
+// comes before MaxAge), while the server expires a dead holder's key
+// only after MaxAge. effective is the lease's TTL; the server's is
+// MaxAge.
 func (p bucketPolicy) maxAgeOnly(bucket string, requested time.Duration) (sent, effective time.Duration, err error) {
 	if p.maxAge <= 0 {
-		return 0, 0, fmt.Errorf("%w: bucket %q has neither MaxAge nor per-message TTLs (LimitMarkerTTL) usable here, so a lease would never expire; create it with KVHelper.GetOrCreateBucket or pass a KeyValue bound with BindJetStream", ErrTTLNotSupported, bucket)
+		return 0, 0, fmt.Errorf("%w: bucket %q has no MaxAge and %s, so nothing would ever expire a dead holder's key; %s",
+			ErrTTLNotSupported, bucket, p.whyNoMsgTTL(), p.fix())
 	}
-	if requested != 0 && requested != p.maxAge {
-		return 0, 0, fmt.Errorf("%w: TTL %v differs from bucket %q MaxAge %v, the only TTL it can enforce without per-message TTLs; set TTL to 0 or %v", ErrTTLNotSupported, requested, bucket, p.maxAge, p.maxAge)
+	if requested == 0 {
+		return 0, p.maxAge, nil
 	}
-	return 0, p.maxAge, nil
+	if requested < time.Second {
+		return 0, 0, fmt.Errorf("%w: TTL %v is below the server's 1s resolution (bucket %q)", ErrTTLNotSupported, requested, bucket)
+	}
+	if requested > p.maxAge {
+		return 0, 0, fmt.Errorf("%w: TTL %v exceeds bucket %q MaxAge %v, which would expire the lease early; set LeaseConfig.TTL to at most %v, or use a bucket with a larger MaxAge (or none, with per-message TTLs: KVHelper.OpenLeaseBucket)",
+			ErrTTLNotSupported, requested, bucket, p.maxAge, p.maxAge)
+	}
+	return 0, requested, nil
+}
+
+func (p bucketPolicy) whyNoMsgTTL() string {
+	if p.allowMsgTTL {
+		return "the KeyValue is not bound to its JetStream, so writes carry no per-message TTL"
+	}
+	return "no per-message TTLs"
+}
+
+// fix names what makes a bucket without usable per-message TTLs expire
+// leases after their own TTL.
+func (p bucketPolicy) fix() string {
+	if p.allowMsgTTL && !p.bound {
+		return "wrap the KeyValue with natskvlease.BindJetStream(kv, js), or open it with KVHelper.GetOrCreateBucket"
+	}
+	return "create the bucket with KVHelper.GetOrCreateBucket or KVHelper.OpenLeaseBucket (per-message TTLs and expiry markers), and open it through them or BindJetStream"
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {

@@ -448,16 +448,17 @@ func TestBucketPolicyLeaseTTL(t *testing.T) {
 		{true, 1500 * time.Millisecond, 1500 * time.Millisecond, want{2 * s, 1500 * time.Millisecond, false}},
 		{true, 1500 * time.Millisecond, 10 * s, no},
 		{true, 1500 * time.Millisecond, 11 * s, no},
-		// MaxAge only: the TTL is MaxAge or nothing.
+		// MaxAge only: the lease believes by its own TTL, up to MaxAge,
+		// and the server expires after MaxAge.
 		{false, 10 * s, 0, want{0, 10 * s, false}},
 		{false, 10 * s, 500 * time.Millisecond, no},
-		{false, 10 * s, 1 * s, no},
-		{false, 10 * s, 1500 * time.Millisecond, no},
+		{false, 10 * s, 1 * s, want{0, 1 * s, false}},
+		{false, 10 * s, 1500 * time.Millisecond, want{0, 1500 * time.Millisecond, false}},
 		{false, 10 * s, 10 * s, want{0, 10 * s, false}},
 		{false, 10 * s, 11 * s, no},
 		{false, 1500 * time.Millisecond, 0, want{0, 1500 * time.Millisecond, false}},
 		{false, 1500 * time.Millisecond, 1500 * time.Millisecond, want{0, 1500 * time.Millisecond, false}},
-		{false, 1500 * time.Millisecond, 1 * s, no},
+		{false, 1500 * time.Millisecond, 1 * s, want{0, 1 * s, false}},
 		{false, 1500 * time.Millisecond, 2 * s, no},
 		// Neither: a lease would never expire.
 		{false, 0, 0, no},
@@ -503,7 +504,10 @@ func TestBucketPolicyLeaseTTL(t *testing.T) {
 			if eff > enforced {
 				t.Fatalf("effective %v is longer than the server enforces (%v)", eff, enforced)
 			}
-			if eff != enforced {
+			// With per-message TTLs the server expires after exactly the
+			// lease's TTL; with MaxAge alone a shorter TTL is the lease's
+			// own belief, and the server expires later (safe, slower).
+			if c.msgTTL && eff != enforced {
 				t.Fatalf("effective %v, server enforces %v", eff, enforced)
 			}
 			if c.maxAge > 0 && eff > c.maxAge {
@@ -536,10 +540,10 @@ func TestReadBucketPolicy(t *testing.T) {
 		kv   jetstream.KeyValue
 		want bucketPolicy
 	}{
-		{"lease bucket, bound", leaseBucket, bucketPolicy{maxAge: 5 * time.Second, msgTTL: true}},
-		{"lease bucket, unbound", mustKV(t, js, leaseBucket.Bucket()), bucketPolicy{maxAge: 5 * time.Second, msgTTL: false}},
-		{"plain bucket, bound", BindJetStream(mustKV(t, js, plainName), js), bucketPolicy{maxAge: 7 * time.Second, msgTTL: false}},
-		{"plain bucket without MaxAge, bound", BindJetStream(mustKV(t, js, foreverName), js), bucketPolicy{}},
+		{"lease bucket, bound", leaseBucket, bucketPolicy{maxAge: 5 * time.Second, msgTTL: true, allowMsgTTL: true, bound: true}},
+		{"lease bucket, unbound", mustKV(t, js, leaseBucket.Bucket()), bucketPolicy{maxAge: 5 * time.Second, msgTTL: false, allowMsgTTL: true}},
+		{"plain bucket, bound", BindJetStream(mustKV(t, js, plainName), js), bucketPolicy{maxAge: 7 * time.Second, msgTTL: false, bound: true}},
+		{"plain bucket without MaxAge, bound", BindJetStream(mustKV(t, js, foreverName), js), bucketPolicy{bound: true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

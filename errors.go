@@ -46,6 +46,16 @@ var (
 	// exists with settings that differ from the ones asked for. The
 	// bucket is never reconfigured silently.
 	ErrBucketMismatch = errors.New("bucket exists with different settings")
+	// ErrPermissionDenied is returned when the server refused a request
+	// or write because the connection's user may not publish to its
+	// subject (a "Permissions Violation"). Nothing was written. The
+	// README's Permissions section lists what each role needs.
+	ErrPermissionDenied = errors.New("permission denied by the NATS server")
+	// ErrTopologyNotSupported is returned at first use for a bucket
+	// leases cannot run on safely: a mirror, whose reads lag behind the
+	// bucket it copies and whose writes go elsewhere, or a bucket with
+	// sources, whose copied values replace keys without revision checks.
+	ErrTopologyNotSupported = errors.New("bucket topology not supported for leases")
 )
 
 // ConfigError describes one invalid configuration field. It wraps

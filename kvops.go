@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,12 +28,49 @@ type KVOps struct {
 	// noRetry turns off nats.go's retry on "no responders": it would hide
 	// time from the lease's deadline, and the lease retries itself.
 	noRetry jetstream.PublishOpt
+	subj    kvSubjects // set when js is
 }
 
 // NewKVOps returns operations on kv. A nil logger discards logs.
 func NewKVOps(kv jetstream.KeyValue, logger *slog.Logger) *KVOps {
-	return &KVOps{kv: kv, js: jetStreamOf(kv), logger: orDiscard(logger), retry: DefaultRetryConfig(),
+	o := &KVOps{kv: kv, js: jetStreamOf(kv), logger: orDiscard(logger), retry: DefaultRetryConfig(),
 		noRetry: jetstream.WithRetryAttempts(0)}
+	if o.js != nil {
+		o.subj = subjectsOf(o.js.Options(), kv.Bucket())
+	}
+	return o
+}
+
+// kvSubjects are the subjects a bound KeyValue's writes and leader reads
+// use, built as nats.go builds them for the same KeyValue (jetstream
+// kv.go, mapStreamToKVS and Put): a JetStream reached through a domain or
+// a custom API prefix gets its writes under that prefix, which the server
+// (domain) or the account's imports (API prefix) map back to the
+// stream's own subjects. A mirror's put prefix is not needed: leases
+// refuse mirrors and buckets with sources (see checkTopology).
+type kvSubjects struct {
+	put    string // writes go to put + key
+	stored string // the stream's own subjects: stored + key ($KV.<bucket>.)
+	api    string // JetStream API prefix, ending in '.'
+	stream string // KV_<bucket>
+}
+
+func subjectsOf(opts jetstream.JetStreamOptions, bucket string) kvSubjects {
+	api := jetstream.DefaultAPIPrefix
+	switch {
+	case opts.Domain != "":
+		api = "$JS." + opts.Domain + ".API."
+	case opts.APIPrefix != "":
+		// NewWithAPIPrefix keeps the prefix as given and adds the dot
+		// only to the one it uses.
+		api = strings.TrimSuffix(opts.APIPrefix, ".") + "."
+	}
+	s := kvSubjects{stored: "$KV." + bucket + ".", api: api, stream: "KV_" + bucket}
+	s.put = s.stored
+	if api != jetstream.DefaultAPIPrefix { // nats.go's useJSPfx
+		s.put = api + s.stored
+	}
+	return s
 }
 
 // KV returns the underlying KeyValue.
@@ -177,7 +215,7 @@ func (o *KVOps) write(ctx context.Context, key string, value []byte, expected ui
 	}
 	ack, err := o.js.PublishMsg(ctx, m, o.noRetry)
 	if err != nil {
-		return 0, err
+		return 0, permissionCause(o.js.Conn(), m.Subject, err)
 	}
 	return ack.Sequence, nil
 }
@@ -208,7 +246,7 @@ func (o *KVOps) purge(ctx context.Context, key string, expected uint64, ttl time
 	}
 	ack, err := o.js.PublishMsg(ctx, m, o.noRetry)
 	if err != nil {
-		return 0, err
+		return 0, permissionCause(o.js.Conn(), m.Subject, err)
 	}
 	return ack.Sequence, nil
 }
@@ -218,7 +256,8 @@ const (
 	kvOperationPurge  = "PURGE"
 )
 
-func (o *KVOps) subject(key string) string { return "$KV." + o.kv.Bucket() + "." + key }
+// subject is where writes on key are published.
+func (o *KVOps) subject(key string) string { return o.subj.put + key }
 
 // latest reads key's latest entry, markers included. With a bound
 // KeyValue the read is answered by the stream leader, which has every
@@ -276,14 +315,16 @@ type msgGetResponse struct {
 }
 
 func (o *KVOps) leaderGet(ctx context.Context, key string) (snapshot, error) {
-	req, err := json.Marshal(map[string]string{"last_by_subj": o.subject(key)})
+	// The filter is the stream's own subject, whatever prefix writes go
+	// through; the request goes to the stream's JetStream API.
+	req, err := json.Marshal(map[string]string{"last_by_subj": o.subj.stored + key})
 	if err != nil {
 		return snapshot{}, err
 	}
-	subj := o.apiPrefix() + "STREAM.MSG.GET.KV_" + o.kv.Bucket()
+	subj := o.subj.api + "STREAM.MSG.GET." + o.subj.stream
 	msg, err := o.js.Conn().RequestWithContext(ctx, subj, req)
 	if err != nil {
-		return snapshot{}, err
+		return snapshot{}, permissionCause(o.js.Conn(), subj, err)
 	}
 	var resp msgGetResponse
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
@@ -324,13 +365,20 @@ func isSubjectDeleteMarker(h nats.Header) bool {
 	return h.Get(jetstream.MarkerReasonHeader) != "" || h.Get(kvOperationHeader) == kvOperationPurge
 }
 
-func (o *KVOps) apiPrefix() string {
-	opts := o.js.Options()
-	switch {
-	case opts.Domain != "":
-		return "$JS." + opts.Domain + ".API."
-	case opts.APIPrefix != "":
-		return opts.APIPrefix
+// permissionCause tells a request the server dropped for lack of
+// permission from one that was lost: nats-server answers a publish to a
+// subject the user may not publish to with an asynchronous
+// "Permissions Violation" error and never delivers it, so the request
+// times out. When the connection's last error is that violation for
+// subject, the timeout is replaced by an error wrapping
+// ErrPermissionDenied, which is final: nothing was written.
+func permissionCause(nc *nats.Conn, subject string, err error) error {
+	if nc == nil || err == nil || !IsTransient(err) {
+		return err
 	}
-	return jetstream.DefaultAPIPrefix
+	last := nc.LastError()
+	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"`+subject+`"`) {
+		return err
+	}
+	return fmt.Errorf("%w: the server refused %q to this connection's user (%v); see the README's Permissions section", ErrPermissionDenied, subject, last)
 }

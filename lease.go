@@ -41,7 +41,8 @@ type Lease struct {
 	value    []byte
 	ready    bool          // sentTTL and ttl are known
 	sentTTL  time.Duration // per-message TTL written; 0 when the bucket's MaxAge applies
-	ttl      time.Duration // the TTL the server applies
+	ttl      time.Duration // the lease's TTL: its renewals and safety deadline follow it
+	expiry   time.Duration // after how long the server expires the key: ttl, or MaxAge
 	ttlErr   error         // a TTL the bucket cannot honour; final
 	h        holding       // see holding.go
 	watchdog *time.Timer
@@ -129,12 +130,29 @@ func (l *Lease) Revision() uint64 {
 	return l.h.rev
 }
 
-// TTL returns the TTL the server applies to the lease, known after the
-// first operation (0 before).
+// TTL returns the lease's TTL, known after the first operation (0
+// before): renewals are scheduled by it and IsHeld turns false at the
+// latest nine tenths of it after the last write was sent. With
+// per-message TTLs (a KeyValue from KVHelper, or bound with
+// BindJetStream) the server expires the key after this TTL too; on an
+// unbound KeyValue it expires it after the bucket's MaxAge, which may be
+// longer: see ServerExpiry.
 func (l *Lease) TTL() time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.ttl
+}
+
+// ServerExpiry returns how long after the last acquire or renew the
+// server expires the key if its holder dies, known after the first
+// operation (0 before): TTL when the lease writes per-message TTLs, the
+// bucket's MaxAge otherwise (an unbound KeyValue, or a bucket without
+// per-message TTLs). Another holder can acquire the key only after it,
+// so it is the failover time after a crash.
+func (l *Lease) ServerExpiry() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.expiry
 }
 
 // Done returns a channel closed when the current holding ends, by loss
@@ -198,10 +216,17 @@ func (l *Lease) prepare(ctx context.Context) error {
 		l.ttlErr = err
 		return err
 	}
+	expiry := ttl
 	if !policy.msgTTL {
-		l.logger.Info("natskvlease: bucket has no usable per-message TTLs; the lease lives for the bucket's MaxAge", "ttl", ttl)
+		expiry = policy.maxAge
+		if ttl < policy.maxAge {
+			l.logger.Warn("natskvlease: the lease renews by its own TTL, but its writes carry no per-message TTL: the server expires a dead holder's key only after the bucket's MaxAge, so failover takes MaxAge; "+policy.fix()+" to fail over after the lease's own TTL",
+				"ttl", ttl, "max_age", policy.maxAge, "bucket", l.ops.kv.Bucket())
+		} else {
+			l.logger.Info("natskvlease: bucket has no usable per-message TTLs; the lease lives for the bucket's MaxAge", "ttl", ttl)
+		}
 	}
-	l.sentTTL, l.ttl, l.ready = sent, ttl, true
+	l.sentTTL, l.ttl, l.expiry, l.ready = sent, ttl, expiry, true
 	return nil
 }
 

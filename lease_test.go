@@ -94,7 +94,7 @@ func TestLeaseTTLTheBucketCannotHonour(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A bucket with MaxAge but no markers: only MaxAge can be the TTL.
+	// A bucket with MaxAge but no markers: MaxAge bounds the TTL.
 	aged, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "aged", TTL: 3 * time.Second, Storage: jetstream.MemoryStorage})
 	if err != nil {
 		t.Fatal(err)
@@ -108,8 +108,8 @@ func TestLeaseTTLTheBucketCannotHonour(t *testing.T) {
 		{"above MaxAge", kv, 11 * time.Second},
 		{"no MaxAge no markers", BindJetStream(plain, js), 0},
 		{"no MaxAge no markers unbound", plain, time.Second},
-		{"MaxAge only, shorter TTL", BindJetStream(aged, js), time.Second},
-		{"markers but unbound KeyValue, shorter TTL", kv.(*boundKV).KeyValue, 2 * time.Second},
+		{"MaxAge only, longer TTL", BindJetStream(aged, js), 4 * time.Second},
+		{"markers but unbound KeyValue, longer TTL", kv.(*boundKV).KeyValue, 11 * time.Second},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

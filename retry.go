@@ -170,6 +170,8 @@ func IsFinal(err error) bool {
 	case errors.Is(err, ErrInvalidConfig),
 		errors.Is(err, ErrTTLNotSupported),
 		errors.Is(err, ErrBucketMismatch),
+		errors.Is(err, ErrPermissionDenied),
+		errors.Is(err, ErrTopologyNotSupported),
 		errors.Is(err, ErrNatsVersionNotSupported),
 		errors.Is(err, nats.ErrConnectionClosed),
 		errors.Is(err, jetstream.ErrJetStreamNotEnabled),

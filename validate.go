@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -74,7 +75,12 @@ func ValidateJetStreamEnabled(ctx context.Context, js jetstream.JetStream, logge
 	if js == nil {
 		return configError("jetstream.JetStream", "is nil")
 	}
-	if _, err := js.AccountInfo(ctx); err != nil {
+	// Bounded: a request the server drops (no permission for it) would
+	// otherwise wait for ctx.
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := js.AccountInfo(actx); err != nil {
+		err = permissionCause(js.Conn(), subjectsOf(js.Options(), "").api+"INFO", err)
 		if logger != nil {
 			logger.ErrorContext(ctx, "natskvlease: JetStream is not available for this account", "error", err)
 		}

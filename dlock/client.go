@@ -37,11 +37,16 @@ type Client struct {
 }
 
 // New checks that the server behind js runs NATS 2.11 or newer with
-// JetStream enabled, opens the lock bucket (creating it with MaxAge and
-// per-key TTLs equal to the lock TTL if it is missing) and returns a
-// Client. A nil js or an invalid option gives an error wrapping
-// natskvlease.ErrInvalidConfig; an existing bucket with a different TTL
-// gives one wrapping natskvlease.ErrBucketMismatch.
+// JetStream enabled, opens the lock bucket and returns a Client. The
+// bucket is opened by natskvlease.KVHelper.OpenLeaseBucket, the rule
+// dlock, leadelect and natslease share: an existing bucket is used if it
+// can enforce the lock TTL (expiry markers, and a MaxAge, if any, at
+// least the TTL); a missing one is created without MaxAge, so that
+// clients with different TTLs share it. A nil js or an invalid option
+// gives an error wrapping natskvlease.ErrInvalidConfig; a bucket that
+// cannot enforce the TTL one wrapping natskvlease.ErrBucketMismatch; a
+// user the server does not allow one wrapping
+// natskvlease.ErrPermissionDenied.
 func New(ctx context.Context, js jetstream.JetStream, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	for _, opt := range opts {
@@ -88,7 +93,7 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg config, logger 
 		}
 		return nil, fmt.Errorf("dlock: JetStream not available: %w", err)
 	}
-	kv, err := natskvlease.NewKVHelper(js, logger).GetOrCreateBucket(ctx, cfg.bucketConfig())
+	kv, err := natskvlease.NewKVHelper(js, logger).OpenLeaseBucket(ctx, cfg.bucketConfig())
 	if err != nil {
 		return nil, fmt.Errorf("dlock: bucket %q: %w", cfg.bucket, err)
 	}

@@ -142,11 +142,27 @@ func TestNewChecksServer(t *testing.T) {
 
 func TestNewBucketMismatch(t *testing.T) {
 	e := newEnv(t, 2*time.Second)
-	e.client() // creates the bucket with a 2s TTL
+	e.client() // creates the bucket, without MaxAge
 	_, js := e.srv.JetStream()
-	_, err := dlock.New(natstest.Context(t), js, dlock.WithBucket(e.bucket), dlock.WithTTL(3*time.Second))
-	if !errors.Is(err, natskvlease.ErrBucketMismatch) {
-		t.Fatalf("New with another TTL: %v, want ErrBucketMismatch", err)
+	ctx := natstest.Context(t)
+	// A bucket dlock created takes any TTL.
+	c, err := dlock.New(ctx, js, dlock.WithBucket(e.bucket), dlock.WithTTL(30*time.Second))
+	if err != nil {
+		t.Fatalf("New with another TTL on a bucket dlock created: %v", err)
+	}
+	_ = c.Close(ctx)
+	// One with a MaxAge takes TTLs up to it, and names the fix above it.
+	if _, err := natskvlease.NewKVHelper(js, nil).GetOrCreateBucket(ctx, natskvlease.BucketConfig{Bucket: "aged", TTL: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	c, err = dlock.New(ctx, js, dlock.WithBucket("aged"), dlock.WithTTL(time.Second))
+	if err != nil {
+		t.Fatalf("New with a TTL below MaxAge: %v", err)
+	}
+	_ = c.Close(ctx)
+	_, err = dlock.New(ctx, js, dlock.WithBucket("aged"), dlock.WithTTL(3*time.Second))
+	if !errors.Is(err, natskvlease.ErrBucketMismatch) || !strings.Contains(err.Error(), "at most 2s") {
+		t.Fatalf("New with a TTL above MaxAge: %v, want ErrBucketMismatch naming the fix", err)
 	}
 }
 
@@ -166,8 +182,9 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("default bucket: %v", err)
 	}
+	// No MaxAge (any TTL), expiry markers on.
 	st, err := kv.Status(ctx)
-	if err != nil || st.TTL() != dlock.DefaultTTL {
+	if err != nil || st.TTL() != 0 || st.LimitMarkerTTL() != dlock.DefaultTTL {
 		t.Fatalf("bucket status %v, %v", st, err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natskvlease/natskvlease"
 )
 
 // HolderInfo describes the holder of a lock, as stored in the bucket.
@@ -28,6 +30,9 @@ type HolderInfo struct {
 	// Revision is the key's latest revision: the acquisition or the last
 	// renewal.
 	Revision uint64
+	// TTL is the holder's lock TTL (holders sharing a bucket may use
+	// different TTLs).
+	TTL time.Duration
 	// TimeLeft is how long the key lives without another renewal, from
 	// the server's timestamp of Revision plus the TTL, clamped at 0. It
 	// is approximate: it compares the server's clock with this one.
@@ -43,6 +48,9 @@ type record struct {
 	PID        int       `json:"pid"`
 	AcquiredAt time.Time `json:"acquired_at,omitzero"`
 	Token      uint64    `json:"token,omitempty"`
+	// TTL is the holder's lock TTL, for Holder's TimeLeft; absent in
+	// values written by older versions.
+	TTL time.Duration `json:"ttl,omitempty"`
 }
 
 // newOwner returns a random 128-bit nonce in hex.
@@ -66,11 +74,15 @@ func ownedBy(owner string) func([]byte) bool {
 	}
 }
 
-// holderOf decodes an entry of a held key.
+// holderOf decodes an entry of a held key; ttl is used when the value
+// does not carry the holder's own.
 func holderOf(e jetstream.KeyValueEntry, ttl time.Duration, now time.Time) (HolderInfo, error) {
 	var r record
 	if err := json.Unmarshal(e.Value(), &r); err != nil || r.Owner == "" {
 		return HolderInfo{}, fmt.Errorf("dlock: key %q holds a value not written by dlock (revision %d)", e.Key(), e.Revision())
+	}
+	if r.TTL > 0 {
+		ttl = r.TTL
 	}
 	h := HolderInfo{
 		Owner:      r.Owner,
@@ -78,6 +90,7 @@ func holderOf(e jetstream.KeyValueEntry, ttl time.Duration, now time.Time) (Hold
 		PID:        r.PID,
 		AcquiredAt: r.AcquiredAt,
 		Token:      r.Token,
+		TTL:        ttl,
 		Revision:   e.Revision(),
 		TimeLeft:   max(e.Created().Add(ttl).Sub(now), 0),
 	}
@@ -113,4 +126,26 @@ func (c *Client) Holder(ctx context.Context, key string) (HolderInfo, error) {
 		return HolderInfo{}, c.fail("holder", key, err)
 	}
 	return holderOf(e, c.ttl, time.Now())
+}
+
+// ReadHolder returns who holds key in bucket, as Client.Holder does, for
+// a process that only looks: it opens no Client, never creates the
+// bucket and needs only read permissions (see the README). A missing
+// bucket or a free key gives an error wrapping ErrNotLocked.
+func ReadHolder(ctx context.Context, js jetstream.JetStream, bucket, key string) (HolderInfo, error) {
+	kv, err := natskvlease.NewKVHelper(js, nil).OpenLeaseBucket(ctx, natskvlease.LeaseBucketConfig{Bucket: bucket, NoCreate: true})
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return HolderInfo{}, fmt.Errorf("dlock: %q: no bucket %q: %w", key, bucket, ErrNotLocked)
+	case err != nil:
+		return HolderInfo{}, fmt.Errorf("dlock: bucket %q: %w", bucket, err)
+	}
+	e, err := natskvlease.NewKVOps(kv, nil).Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return HolderInfo{}, fmt.Errorf("dlock: %q: %w", key, ErrNotLocked)
+	case err != nil:
+		return HolderInfo{}, fmt.Errorf("dlock: holder %q: %w", key, err)
+	}
+	return holderOf(e, DefaultTTL, time.Now())
 }

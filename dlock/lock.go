@@ -139,7 +139,7 @@ func (c *Client) newLease(key, owner string) *natskvlease.Lease {
 	return natskvlease.NewLease(c.kv, natskvlease.LeaseConfig{
 		Key:     key,
 		TTL:     c.ttl,
-		Value:   record{Owner: owner, Hostname: c.hostname, PID: c.pid}.encode(),
+		Value:   record{Owner: owner, Hostname: c.hostname, PID: c.pid, TTL: c.ttl}.encode(),
 		IsOwner: ownedBy(owner),
 		Logger:  c.logger,
 		Metrics: c.metrics,
@@ -155,7 +155,7 @@ func (c *Client) hold(lease *natskvlease.Lease, key, owner string) (*Lock, error
 		return nil, errLostAtOnce
 	}
 	// Renewals also record the token and the acquisition time, for Holder.
-	lease.UpdateValue(record{Owner: owner, Hostname: c.hostname, PID: c.pid, AcquiredAt: time.Now(), Token: token}.encode())
+	lease.UpdateValue(record{Owner: owner, Hostname: c.hostname, PID: c.pid, AcquiredAt: time.Now(), Token: token, TTL: c.ttl}.encode())
 	l := &Lock{
 		client: c,
 		lease:  lease,

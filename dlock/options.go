@@ -39,13 +39,13 @@ func defaultConfig() config {
 
 // WithBucket names the KeyValue bucket holding the locks (default
 // DefaultBucket). It is created if missing. Every client sharing locks
-// must use the same bucket and TTL.
+// must use the same bucket; each may use its own TTL.
 func WithBucket(name string) Option { return func(c *config) { c.bucket = name } }
 
 // WithTTL sets how long a lock survives its holder: a holder that stops
 // renewing (crash, partition) loses the lock and the key expires on the
-// server after ttl. It is also the bucket's MaxAge. At least MinTTL;
-// default DefaultTTL. Locks are renewed every ttl/3.
+// server after ttl (each write carries it as a per-message TTL). At least
+// MinTTL; default DefaultTTL. Locks are renewed every ttl/3.
 func WithTTL(ttl time.Duration) Option { return func(c *config) { c.ttl = ttl } }
 
 // WithStorage chooses the bucket's storage for a new bucket: memory (the
@@ -94,11 +94,10 @@ func ourField(field string, err error) error {
 	return err
 }
 
-func (c config) bucketConfig() natskvlease.BucketConfig {
-	return natskvlease.BucketConfig{
+func (c config) bucketConfig() natskvlease.LeaseBucketConfig {
+	return natskvlease.LeaseBucketConfig{
 		Bucket:      c.bucket,
 		TTL:         c.ttl,
-		Storage:     c.storage,
 		FileStorage: c.storage == jetstream.FileStorage,
 		Replicas:    c.replicas,
 	}

@@ -43,50 +43,25 @@ func openBucket(ctx context.Context, js jetstream.JetStream, spec bucketSpec, lo
 	if err := natskvlease.ValidateNatsVersion(js.Conn()); err != nil {
 		return nil, fmt.Errorf("leadelect: %w", err)
 	}
-	kv, err := natskvlease.Retry(ctx, func() (jetstream.KeyValue, error) { return js.KeyValue(ctx, spec.name) })
-	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound) && !spec.create:
-		return nil, errBucketMissing
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-		kv, err = createBucket(ctx, js, spec, logger)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("leadelect: opening bucket %q: %w", spec.name, err)
-	}
-	if err := checkBucket(ctx, kv); err != nil {
-		return nil, err
-	}
-	return natskvlease.BindJetStream(kv, js), nil
-}
-
-func createBucket(ctx context.Context, js jetstream.JetStream, spec bucketSpec, logger *slog.Logger) (jetstream.KeyValue, error) {
-	kv, err := natskvlease.NewKVHelper(js, logger).GetOrCreateBucket(ctx, natskvlease.BucketConfig{
+	// The rule dlock and natslease share: an existing bucket is used if
+	// it can enforce spec.ttl with expiry markers; a missing one is
+	// created (candidates) without MaxAge, for any TTL.
+	kv, err := natskvlease.NewKVHelper(js, logger).OpenLeaseBucket(ctx, natskvlease.LeaseBucketConfig{
 		Bucket:      spec.name,
 		TTL:         spec.ttl,
 		FileStorage: spec.fileStorage,
 		Replicas:    spec.replicas,
+		NoCreate:    !spec.create,
 	})
-	if errors.Is(err, natskvlease.ErrBucketMismatch) {
-		// Created meanwhile by a candidate with another TTL; checkBucket
-		// decides whether ours fits.
-		return natskvlease.Retry(ctx, func() (jetstream.KeyValue, error) { return js.KeyValue(ctx, spec.name) })
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound) && !spec.create:
+		return nil, errBucketMissing
+	case errors.Is(err, natskvlease.ErrBucketMismatch), errors.Is(err, natskvlease.ErrTTLNotSupported):
+		return nil, fmt.Errorf("leadelect: %w", err)
+	case err != nil:
+		return nil, fmt.Errorf("leadelect: opening bucket %q: %w", spec.name, err)
 	}
-	return kv, err
-}
-
-// checkBucket refuses a bucket without expiry markers: a dead leader's
-// expiry would be silent, and no candidate would be woken. Whether it
-// can enforce a candidate's TTL is the lease's own rule (Lease.Check).
-func checkBucket(ctx context.Context, kv jetstream.KeyValue) error {
-	st, err := natskvlease.Retry(ctx, func() (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
-	if err != nil {
-		return fmt.Errorf("leadelect: reading bucket %q: %w", kv.Bucket(), err)
-	}
-	if st.LimitMarkerTTL() <= 0 {
-		return fmt.Errorf("%w: bucket %q has no LimitMarkerTTL, so expiries leave no marker to wake candidates; create it with natskvlease.KVHelper or let leadelect create it",
-			natskvlease.ErrBucketMismatch, kv.Bucket())
-	}
-	return nil
+	return kv, nil
 }
 
 // permanent reports errors that retrying cannot cure.

@@ -27,6 +27,10 @@ type connFlags struct {
 	tlsCert  string
 	tlsKey   string
 	tlsCA    string
+	// JetStream reached through a domain (a leaf node's hub) or an
+	// account import's API prefix.
+	jsDomain    string
+	jsAPIPrefix string
 }
 
 // register adds the flags to fs. An empty defaultServer means $NATS_URL,
@@ -46,6 +50,8 @@ func (c *connFlags) register(fs *flag.FlagSet, defaultServer, serverHelp string)
 	fs.StringVar(&c.tlsCert, "tlscert", "", "TLS client certificate `file`")
 	fs.StringVar(&c.tlsKey, "tlskey", "", "TLS client private key `file`")
 	fs.StringVar(&c.tlsCA, "tlsca", "", "TLS certificate authority `file` to verify the server with")
+	fs.StringVar(&c.jsDomain, "js-domain", "", "JetStream `domain` holding the bucket (e.g. the hub's, from a leaf node)")
+	fs.StringVar(&c.jsAPIPrefix, "js-api-prefix", "", "JetStream API `prefix` an account import maps (e.g. JS.acc.API)")
 }
 
 // recordingDialer remembers the last dial error, which nats.Connect
@@ -119,7 +125,18 @@ func (c *connFlags) connect(ctx context.Context) (*nats.Conn, jetstream.JetStrea
 		}
 		return nil, nil, fmt.Errorf("nats-server at %s: %v", where, err)
 	}
-	js, err := jetstream.New(nc)
+	var js jetstream.JetStream
+	switch {
+	case c.jsDomain != "" && c.jsAPIPrefix != "":
+		nc.Close()
+		return nil, nil, errors.New("--js-domain and --js-api-prefix exclude each other")
+	case c.jsDomain != "":
+		js, err = jetstream.NewWithDomain(nc, c.jsDomain)
+	case c.jsAPIPrefix != "":
+		js, err = jetstream.NewWithAPIPrefix(nc, c.jsAPIPrefix)
+	default:
+		js, err = jetstream.New(nc)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("JetStream at %s: %v", where, err)
@@ -168,8 +185,8 @@ func explain(err error) error {
 		return fmt.Errorf("the nats-server is too old: natslease needs 2.11.0 or newer (%v)", err)
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		return fmt.Errorf("JetStream is not enabled (%v)", err)
-	case errors.Is(err, natskvlease.ErrBucketMismatch):
-		return fmt.Errorf("%v (use the same --ttl as the other users of this bucket, or another --bucket)", err)
+	case errors.Is(err, natskvlease.ErrPermissionDenied):
+		return fmt.Errorf("not allowed: %v", err)
 	}
 	return err
 }

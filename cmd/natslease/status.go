@@ -125,38 +125,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 func lockStatus(ctx context.Context, js jetstream.JetStream, r *statusReport) error {
-	// The bucket's settings are read rather than assumed: dlock.New
-	// refuses a bucket whose TTL or storage differs from the ones asked.
-	kv, err := js.KeyValue(ctx, r.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		r.note = fmt.Sprintf("no bucket %q yet", r.Bucket)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("opening bucket %q: %w", r.Bucket, err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("reading bucket %q: %w", r.Bucket, err)
-	}
-	opts := []dlock.Option{dlock.WithBucket(r.Bucket), dlock.WithTTL(st.TTL())}
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
-		c := bs.StreamInfo().Config
-		opts = append(opts, dlock.WithStorage(c.Storage), dlock.WithReplicas(c.Replicas))
-	}
-	client, err := dlock.New(ctx, js, opts...)
-	if err != nil {
-		return explain(fmt.Errorf("bucket %q is not a dlock bucket: %w", r.Bucket, err))
-	}
-	defer func() { _ = client.Close(ctx) }()
-	h, err := client.Holder(ctx, r.Key)
+	// Read only: no Client, no bucket created, read permissions suffice.
+	h, err := dlock.ReadHolder(ctx, js, r.Bucket, r.Key)
 	switch {
 	case errors.Is(err, dlock.ErrNotLocked):
 		return nil
 	case err != nil:
 		return err
 	}
-	left, ttl := h.TimeLeft.Seconds(), client.TTL().Seconds()
+	left, ttl := h.TimeLeft.Seconds(), h.TTL.Seconds()
 	r.Held = true
 	r.Owner, r.Hostname, r.PID = h.Owner, h.Hostname, h.PID
 	r.Token, r.Revision = h.Token, h.Revision
