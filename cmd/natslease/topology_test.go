@@ -40,7 +40,7 @@ func TestLockAndStatusThroughLeafNode(t *testing.T) {
 	signalProc(t, holder, 15)
 	holder.wait(t, 10*time.Second)
 	code, stdout, stderr = runNatslease(t, 10*time.Second, "status", "--server", url, "--js-domain", natstest.HubDomain, "leaf.key")
-	if code != 0 || !strings.Contains(stdout, "free") {
-		t.Fatalf("status after release: %d, stdout %q, stderr %q", code, stdout, stderr)
+	if code != exitFree || !strings.Contains(stdout, "free") {
+		t.Fatalf("status after release: %d (want %d: free), stdout %q, stderr %q", code, exitFree, stdout, stderr)
 	}
 }
