@@ -33,7 +33,8 @@ type Client struct {
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
-	locks  map[*Lock]struct{} // held locks, released by Close
+	locks  map[*Lock]struct{}    // held locks, released by Close
+	idle   map[string]*leaseSlot // leases of keys unlocked cleanly, for their next Lock
 }
 
 // New checks that the server behind js runs NATS 2.11 or newer with

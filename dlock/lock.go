@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/natskvlease/natskvlease"
@@ -18,6 +19,7 @@ import (
 type Lock struct {
 	client *Client
 	lease  *natskvlease.Lease
+	slot   *leaseSlot
 	key    string
 	owner  string
 	token  uint64
@@ -65,13 +67,13 @@ func (c *Client) Lock(ctx context.Context, key string) (*Lock, error) {
 			return nil, c.fail("lock", key, err)
 		}
 		owner := newOwner()
-		lease := c.newLease(key, owner)
-		err = lease.AcquireWait(ctx)
+		slot := c.leaseFor(key, owner)
+		err = slot.lease.AcquireWait(ctx)
 		pass() // the next caller watches while this one holds
 		if err != nil {
 			return nil, c.fail("lock", key, err)
 		}
-		l, err := c.hold(lease, key, owner)
+		l, err := c.hold(slot, key, owner)
 		if !errors.Is(err, errLostAtOnce) {
 			return l, err
 		}
@@ -93,15 +95,16 @@ func (c *Client) TryLock(ctx context.Context, key string) (*Lock, error) {
 	}
 	defer end()
 	owner := newOwner()
-	lease := c.newLease(key, owner)
-	ok, err := lease.Acquire(ctx)
+	slot := c.leaseFor(key, owner)
+	ok, err := slot.lease.Acquire(ctx)
 	switch {
 	case err != nil:
 		return nil, c.fail("trylock", key, err)
 	case !ok:
+		c.keepIdle(key, slot) // it knows who holds the key now
 		return nil, c.lockedError(ctx, key)
 	}
-	l, err := c.hold(lease, key, owner)
+	l, err := c.hold(slot, key, owner)
 	if errors.Is(err, errLostAtOnce) {
 		return nil, fmt.Errorf("dlock: trylock %q: %w", key, ErrLockLost)
 	}
@@ -135,20 +138,68 @@ func (c *Client) heldLock(key, owner string) *Lock {
 	return nil
 }
 
-func (c *Client) newLease(key, owner string) *natskvlease.Lease {
-	return natskvlease.NewLease(c.kv, natskvlease.LeaseConfig{
-		Key:     key,
-		TTL:     c.ttl,
-		Value:   record{Owner: owner, Hostname: c.hostname, PID: c.pid, TTL: c.ttl}.encode(),
-		IsOwner: ownedBy(owner),
+// leaseSlot is a lease of one key and the owner it writes for now. A
+// Client keeps the lease of a key it unlocked cleanly for its next Lock
+// of that key, with a new owner: the lease knows the purge marker its
+// release left, so the next acquisition is one write instead of a read
+// and a write.
+type leaseSlot struct {
+	lease *natskvlease.Lease
+	owner atomic.Pointer[string]
+}
+
+// maxIdleLeases bounds the leases a Client keeps between holdings.
+const maxIdleLeases = 1024
+
+// leaseFor returns the lease for a new holding of key by owner: the key's
+// idle lease, if the Client kept one, or a new one.
+func (c *Client) leaseFor(key, owner string) *leaseSlot {
+	value := record{Owner: owner, Hostname: c.hostname, PID: c.pid, TTL: c.ttl}.encode()
+	if s := c.takeIdle(key); s != nil {
+		s.owner.Store(&owner)
+		s.lease.UpdateValue(value)
+		return s
+	}
+	s := &leaseSlot{}
+	s.owner.Store(&owner)
+	s.lease = natskvlease.NewLease(c.kv, natskvlease.LeaseConfig{
+		Key:   key,
+		TTL:   c.ttl,
+		Value: value,
+		// A stored value is this holding's when its owner nonce is the
+		// slot's current one: an earlier holding's value is not.
+		IsOwner: func(v []byte) bool { return ownedBy(*s.owner.Load())(v) },
 		Logger:  c.logger,
 		Metrics: c.metrics,
 	})
+	return s
+}
+
+func (c *Client) takeIdle(key string) *leaseSlot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.idle[key]
+	delete(c.idle, key)
+	return s
+}
+
+// keepIdle keeps the lease of key, which no Lock holds, for the next one.
+func (c *Client) keepIdle(key string, s *leaseSlot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || len(c.idle) >= maxIdleLeases && c.idle[key] == nil {
+		return
+	}
+	if c.idle == nil {
+		c.idle = make(map[string]*leaseSlot)
+	}
+	c.idle[key] = s
 }
 
 // hold turns a freshly acquired lease into a registered Lock, renewed
 // by the lease's own loop.
-func (c *Client) hold(lease *natskvlease.Lease, key, owner string) (*Lock, error) {
+func (c *Client) hold(slot *leaseSlot, key, owner string) (*Lock, error) {
+	lease := slot.lease
 	leaseCtx := lease.Context() // before Token: a token read after it is of this holding
 	token := lease.Token()
 	if token == 0 {
@@ -159,6 +210,7 @@ func (c *Client) hold(lease *natskvlease.Lease, key, owner string) (*Lock, error
 	l := &Lock{
 		client: c,
 		lease:  lease,
+		slot:   slot,
 		key:    key,
 		owner:  owner,
 		token:  token,
@@ -243,6 +295,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("dlock: unlock %q: %w", l.key, err)
 	}
+	l.client.keepIdle(l.key, l.slot) // released cleanly: its next Lock writes at once
 	l.logger.Debug("dlock: unlocked")
 	return nil
 }

@@ -502,3 +502,54 @@ func TestTryLockHeldByThisClient(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRelockIsOneWrite: a Client that unlocked a key cleanly takes it
+// again with one write and no read: its lease knows the purge marker its
+// release left.
+func TestRelockIsOneWrite(t *testing.T) {
+	e := newEnv(t, 10*time.Second)
+	c, nc := e.client()
+	ctx := natstest.Context(t)
+	l := mustLock(t, c, "again")
+	if err := l.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spy := e.srv.Connect()
+	sub, err := spy.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	l2 := mustLock(t, c, "again")
+	if err := nc.Publish("sentinel.relock", nil); err != nil { // marks the end of Lock's traffic
+		t.Fatal(err)
+	}
+	writes, reads := 0, 0
+	for {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("spy: %v", err)
+		}
+		if m.Subject == "sentinel.relock" {
+			break
+		}
+		switch {
+		case strings.HasPrefix(m.Reply, "$JS.ACK."): // a watch's delivery
+		case strings.HasPrefix(m.Subject, "$KV."+e.bucket+".again"):
+			writes++
+		case strings.HasPrefix(m.Subject, "$JS.API.STREAM.MSG.GET") || strings.HasPrefix(m.Subject, "$JS.API.DIRECT.GET"):
+			reads++
+		}
+	}
+	if writes != 1 || reads != 0 {
+		t.Fatalf("relocking sent %d writes and %d reads; want one write", writes, reads)
+	}
+	if l2.Token() <= l.Token() {
+		t.Fatalf("token %d after %d", l2.Token(), l.Token())
+	}
+	if err := l2.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

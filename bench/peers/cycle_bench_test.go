@@ -83,7 +83,10 @@ func etcdSession(tb testing.TB, s *servers, sys string, ttl time.Duration) (*cli
 //
 //   - dlock: Client.Lock + Lock.Unlock of a free key;
 //   - lease: Lease.Acquire + Lease.Release (the library's core, no
-//     waiting machinery);
+//     waiting machinery), on one Lease that knows the vacancy its last
+//     Release left (one write to acquire);
+//   - fresh-lease: the same with a new Lease each cycle, which reads the
+//     key before it writes, as dlock's Lock does;
 //   - etcd-fsync, etcd-nofsync: concurrency.NewMutex(...).Lock + Unlock,
 //     on a session created once, as etcd's users hold it.
 func BenchmarkLockCycle(b *testing.B) {
@@ -114,6 +117,17 @@ func BenchmarkLockCycle(b *testing.B) {
 			}
 			if err := l.Release(ctx); err != nil {
 				b.Fatalf("Release: %v", err)
+			}
+		}},
+		{"fresh-lease", func() {
+			// A new Lease each cycle, as dlock takes one per Lock: it
+			// knows nothing of the key, so it reads before it writes.
+			fl := natskvlease.NewLease(kv, natskvlease.LeaseConfig{Key: "fresh", TTL: cycleTTL, Value: holderValue("fresh")})
+			if ok, err := fl.Acquire(ctx); !ok || err != nil {
+				b.Fatalf("fresh Acquire = %v, %v", ok, err)
+			}
+			if err := fl.Release(ctx); err != nil {
+				b.Fatalf("fresh Release: %v", err)
 			}
 		}},
 	}
