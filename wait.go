@@ -132,10 +132,16 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 			}
 			// The watch is silent (or cannot be had): try, queue or not.
 		}
+		tried := time.Now()
 		ok, err := l.acquire(ctx, w != nil)
 		recheck, lost := contended(err)
 		switch {
 		case ok:
+			if freedAt.IsZero() && w != nil {
+				// Its read, not the watch, showed the key free (a
+				// recheck after a lost race can come first).
+				freedAt = tried
+			}
 			if !freedAt.IsZero() {
 				l.record(Event{Kind: EventHandoff, Duration: time.Since(freedAt)})
 			}
