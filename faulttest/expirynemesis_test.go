@@ -23,6 +23,7 @@ import (
 func TestExpiryNemesis(t *testing.T) {
 	e := newExpiryEnv(t, "expiry-nemesis")
 	s := newScenario(t, "expiry-nemesis", e.bucket, e.observe)
+	s.anyHolder = true
 	var cs []*nemContender
 	for range contenders {
 		c := &nemContender{contender: s.addContender(e.kv(), nil), cmds: make(chan nemCmd, 1)}
