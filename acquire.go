@@ -48,13 +48,15 @@ func contended(err error) (recheck time.Duration, ok bool) {
 // the key back, so that a crowd of waiters woken by one release costs the
 // server one write each and no reads.
 func (l *Lease) acquire(ctx context.Context, watched bool) (ok bool, err error) {
-	defer func(start time.Time) {
-		recorded := err
-		if _, lost := contended(err); lost {
-			recorded = nil // a race lost to another writer: the key is taken
-		}
-		l.recordOp(OpAcquire, start, ok, recorded)
-	}(time.Now())
+	if l.cfg.Metrics != nil { // without metrics, not even the clock is read
+		defer func(start time.Time) {
+			recorded := err
+			if _, lost := contended(err); lost {
+				recorded = nil // a race lost to another writer: the key is taken
+			}
+			l.recordOp(OpAcquire, start, ok, recorded)
+		}(time.Now())
+	}
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
 	if err := l.prepare(ctx); err != nil {
