@@ -42,7 +42,7 @@ func TestClosedConnectionEndsAcquireWait(t *testing.T) {
 	w := NewLease(wkv, leaseCfg("job", "waiter"))
 	done := make(chan error, 1)
 	go func() { done <- w.AcquireWait(t.Context()) }()
-	natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == 1 })
+	natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == waitingWatches })
 	closed := time.Now()
 	nc.Close()
 	select {
@@ -73,7 +73,7 @@ func TestClosedConnectionEndsLeaseManager(t *testing.T) {
 	if err := m.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	natstest.Eventually(t, 5*time.Second, "the manager's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == 1 })
+	natstest.Eventually(t, 5*time.Second, "the manager's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == waitingWatches })
 	closed := time.Now()
 	nc.Close()
 	select {

@@ -49,6 +49,15 @@ type Lease struct {
 	seen     snapshot // the key's latest state as last observed
 	seenOK   bool
 	camp     *campaign // the renewal loop, if running
+	// ownTicket is the key of this lease's latest queue ticket, which
+	// a release's queue check does not count as a waiter.
+	ownTicket string
+	// released is what the latest release learned of the waiter queue,
+	// for the acquisition that follows it (see yieldToQueue).
+	released releasedState
+	// noQueueCheck: a queue check once went unanswered (no permission
+	// for direct gets, say); releases send none since.
+	noQueueCheck bool
 }
 
 // NewLease returns a lease for cfg.Key in kv. Nothing is sent until the

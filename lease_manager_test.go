@@ -124,7 +124,7 @@ func TestLeaseManagerGracefulHandoff(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The waiter's watch: a holder watches nothing.
-		natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == 1 })
+		natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return consumers(t, js, kv.Bucket()) == waitingWatches })
 		start := time.Now()
 		if err := holder.Stop(ctx); err != nil {
 			t.Fatal(err)
@@ -210,10 +210,10 @@ func TestLeaseManagerCrowdTakesTurns(t *testing.T) {
 		}
 	}
 	// One of the crowd's watches; a holder watches nothing.
-	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= 1 })
+	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return consumers(t, js, kv.Bucket()) >= waitingWatches })
 	for i := range 20 {
-		if n := consumers(t, js, kv.Bucket()); n != 1 {
-			t.Fatalf("check %d: %d watches (%d waiters of one KeyValue); want 1", i, n, crowd)
+		if n := consumers(t, js, kv.Bucket()); n != waitingWatches {
+			t.Fatalf("check %d: %d watches (%d waiters of one KeyValue); want those of one waiter", i, n, crowd)
 		}
 	}
 	if err := holder.Stop(ctx); err != nil {

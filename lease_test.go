@@ -256,7 +256,11 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 	// traffic ends (messages from one connection arrive in order).
 	sub := spyAll(t, srv)
 	prefix := "$KV." + kv.Bucket() + "."
-	count := func(op string, f func() error) {
+	queueCheck := "$JS.API.DIRECT.GET.KV_" + kv.Bucket()
+	// count runs op and checks its traffic: exactly one write, and no API
+	// request but, if checked, the release's queue check, sent before the
+	// write and not waited for (the write's answer does not wait on it).
+	count := func(op string, checked bool, f func() error) {
 		t.Helper()
 		if err := f(); err != nil {
 			t.Fatalf("%s: %v", op, err)
@@ -264,7 +268,7 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 		if _, err := own.Put(ctx, "sentinel", []byte(op)); err != nil {
 			t.Fatal(err)
 		}
-		writes, reads := 0, 0
+		writes, reads, checks := 0, 0, 0
 		for {
 			m, err := sub.NextMsg(5 * time.Second)
 			if err != nil {
@@ -272,20 +276,26 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 			}
 			switch {
 			case m.Subject == prefix+"sentinel":
-				if writes != 1 || reads != 0 {
-					t.Errorf("%s: %d writes and %d API requests; want exactly one write", op, writes, reads)
+				want := 0
+				if checked {
+					want = 1
+				}
+				if writes != 1 || reads != 0 || checks != want {
+					t.Errorf("%s: %d writes, %d queue checks and %d other API requests; want exactly one write and %d checks", op, writes, checks, reads, want)
 				}
 				return
 			case m.Subject == prefix+"job":
 				writes++
+			case m.Subject == queueCheck && writes == 0 && strings.Contains(string(m.Data), "multi_last"):
+				checks++
 			case strings.HasPrefix(m.Subject, "$JS.API."):
 				reads++
 			}
 		}
 	}
-	count("renew", func() error { _, err := l.Renew(ctx); return err })
-	count("release", func() error { return l.Release(ctx) })
-	count("acquire on a known marker", func() error {
+	count("renew", false, func() error { _, err := l.Renew(ctx); return err })
+	count("release", true, func() error { return l.Release(ctx) })
+	count("acquire on a known marker", false, func() error {
 		if ok, err := l.Acquire(ctx); !ok {
 			return fmt.Errorf("not acquired: %v", err)
 		}

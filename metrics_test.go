@@ -60,7 +60,7 @@ func TestLeaseMetrics(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- b.AcquireWait(ctx) }()
-	natstest.Eventually(t, 5*time.Second, "b's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == 1 })
+	natstest.Eventually(t, 5*time.Second, "b's watch", func() bool { return consumers(t, holderJS(t, srv), kv.Bucket()) == waitingWatches })
 	if err := a.Release(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ accounts: {
           "$JS.API.STREAM.INFO.KV_perm",
           "$JS.API.STREAM.CREATE.KV_perm",
           "$JS.API.STREAM.MSG.GET.KV_perm",
+          "$JS.API.DIRECT.GET.KV_perm",
           "$JS.API.DIRECT.GET.KV_perm.>",
           "$JS.API.CONSUMER.CREATE.KV_perm.>",
           "$JS.API.CONSUMER.DELETE.KV_perm.>",

@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -46,8 +48,15 @@ type queue struct {
 	// retryAt is when to try again after a renewal that could not be
 	// made: never sooner, so that a server out of reach is not flooded.
 	retryAt time.Time
-	// places holds every live ticket seen, by key: their places.
-	places map[string]uint64
+	// places holds every live ticket seen, by key: their places, and
+	// when each was last seen written.
+	places map[string]ticketSeen
+}
+
+// ticketSeen is a live ticket as the watch last showed it.
+type ticketSeen struct {
+	place uint64
+	seen  time.Time
 }
 
 // queueFilter is the watch filter that matches the tickets of key.
@@ -63,7 +72,7 @@ func (l *Lease) canQueue() bool {
 
 // joinQueue writes a new ticket for this waiter.
 func (l *Lease) joinQueue(ctx context.Context) (*queue, error) {
-	q := &queue{lease: l, filter: queueFilter(l.cfg.Key), places: make(map[string]uint64)}
+	q := &queue{lease: l, filter: queueFilter(l.cfg.Key), places: make(map[string]ticketSeen)}
 	if err := q.join(ctx); err != nil {
 		return nil, err
 	}
@@ -81,7 +90,10 @@ func (q *queue) join(ctx context.Context) error {
 		return err
 	}
 	q.place = q.rev
-	q.places[q.key] = q.place
+	q.places[q.key] = ticketSeen{place: q.place, seen: q.sentAt}
+	q.lease.mu.Lock()
+	q.lease.ownTicket = q.key
+	q.lease.mu.Unlock()
 	return nil
 }
 
@@ -142,8 +154,9 @@ func (q *queue) isTicket(e jetstream.KeyValueEntry) bool {
 	return strings.HasPrefix(e.Key(), queuePrefix)
 }
 
-// see records a watched ticket entry: a live ticket's place, or its end.
-func (q *queue) see(e jetstream.KeyValueEntry) {
+// see records a watched ticket entry, seen at now: a live ticket's
+// place, or its end.
+func (q *queue) see(e jetstream.KeyValueEntry, now time.Time) {
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(q.places, e.Key())
 		return
@@ -156,16 +169,179 @@ func (q *queue) see(e jetstream.KeyValueEntry) {
 	if place == 0 {
 		place = e.Revision()
 	}
-	q.places[e.Key()] = place
+	q.places[e.Key()] = ticketSeen{place: place, seen: now}
 }
 
-// first reports whether this waiter's ticket is the oldest live one, so
-// that it is the one to write when the key frees.
-func (q *queue) first() bool {
-	for k, p := range q.places {
-		if p < q.place && k != q.key {
-			return false
+// forget drops every ticket seen but this waiter's own, before a new
+// watch of the tickets shows the live ones again.
+func (q *queue) forget() {
+	for k := range q.places {
+		if k != q.key {
+			delete(q.places, k)
 		}
 	}
-	return true
+}
+
+// first reports whether this waiter's ticket is the oldest live one at
+// now, so that it is the one to write when the key frees.
+func (q *queue) first(now time.Time) bool {
+	return ticketsAhead(q.places, q.key, q.place, now, q.lease.TTL()) == 0
+}
+
+// staleIn is how long until a ticket ahead of this waiter's, not seen
+// renewed meanwhile, has outlived its TTL: the next time first may turn
+// true without a word from the watch. Zero: no ticket ahead.
+func (q *queue) staleIn(now time.Time) time.Duration {
+	var soonest time.Duration
+	for k, t := range q.places {
+		if k == q.key || t.place >= q.place {
+			continue
+		}
+		if d := t.seen.Add(ticketLife(q.lease.TTL())).Sub(now); d > 0 && (soonest == 0 || d < soonest) {
+			soonest = d
+		}
+	}
+	return soonest
+}
+
+// ticketsAhead counts the live tickets with an older place than place
+// (own's). A ticket not seen written for longer than its life has
+// expired on the server: its waiter renews it every third of a TTL. The
+// server's expiry marker says so at once where the bucket writes
+// markers; this also serves buckets that do not, and a watch gone quiet.
+func ticketsAhead(places map[string]ticketSeen, own string, place uint64, now time.Time, ttl time.Duration) int {
+	n := 0
+	for k, t := range places {
+		if k != own && t.place < place && now.Before(t.seen.Add(ticketLife(ttl))) {
+			n++
+		}
+	}
+	return n
+}
+
+// ticketLife is how long after it was last seen written a ticket is
+// taken to be live: its TTL, and a little for the watch's delivery.
+func ticketLife(ttl time.Duration) time.Duration {
+	if ttl == 0 {
+		ttl = DefaultBucketTTL
+	}
+	return ttl + ttl/10
+}
+
+// A holder does not watch the queue, and a release frees the key for
+// the first waiter, who learns of it from its watch. Were the releaser
+// to try again at once, it would write on its own release marker one
+// round trip ahead of that waiter and win every time: waiters would
+// starve behind a holder that unlocks and locks in a loop. So a release
+// asks the server which tickets are live, beside its purge and without
+// waiting for the answer, and the lease's next acquisition goes behind
+// the waiters that were queued: it reports the key taken, and
+// AcquireWait takes a place at the back of the queue.
+
+// releasedState is the latest release and the queue check sent with it.
+type releasedState struct {
+	rev   uint64      // the release's marker: the vacancy it made
+	check *queueCheck // nil when none was sent
+}
+
+// queueCheck is a request for the live tickets of the key, whose answer
+// comes in the background.
+type queueCheck struct {
+	done     chan struct{}
+	waiters  bool // some other waiter's ticket is live; set before done closes
+	answered bool
+}
+
+// checkQueue sends a queue check for the lease's key, or returns nil if
+// the lease keeps no queue or cannot ask (an unbound KeyValue). The
+// answer is read on a goroutine of its own that ends with it, within an
+// attempt's timeout.
+func (l *Lease) checkQueue() *queueCheck {
+	l.mu.Lock()
+	skip, own := l.noQueueCheck || l.sentTTL <= 0, l.ownTicket
+	l.mu.Unlock()
+	o := l.ops
+	if skip || o.js == nil {
+		return nil
+	}
+	nc := o.js.Conn()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil
+	}
+	req, _ := json.Marshal(multiLastRequest{MultiLast: []string{o.subj.stored + queueFilter(l.cfg.Key)}}) // plain fields: cannot fail
+	if err := nc.PublishRequest(o.subj.api+"DIRECT.GET."+o.subj.stream, inbox, req); err != nil {
+		_ = sub.Unsubscribe()
+		return nil
+	}
+	c := &queueCheck{done: make(chan struct{})}
+	ownSubject := ""
+	if own != "" {
+		ownSubject = o.subj.stored + own
+	}
+	timeout := l.attemptTimeout()
+	go func() {
+		defer close(c.done)
+		defer func() { _ = sub.Unsubscribe() }()
+		deadline := time.Now().Add(timeout)
+		for {
+			m, err := sub.NextMsg(time.Until(deadline))
+			if err != nil {
+				c.answered = !errors.Is(err, nats.ErrTimeout)
+				return
+			}
+			if m.Header.Get("Status") != "" {
+				// The end of the batch (204), no tickets at all (404), or
+				// an error: what came before is the answer.
+				c.answered = true
+				return
+			}
+			if !isMarker(m.Header) && m.Header.Get(jetstream.SubjectHeader) != ownSubject {
+				c.waiters, c.answered = true, true
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// multiLastRequest asks a direct get for the last message of every
+// subject that matches (nats-server 2.11 and later).
+type multiLastRequest struct {
+	MultiLast []string `json:"multi_last"`
+}
+
+// noteRelease records a release's marker and the queue check sent
+// with it, for the next acquisition.
+func (l *Lease) noteRelease(rev uint64, c *queueCheck) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.released = releasedState{rev: rev, check: c}
+}
+
+// yieldToQueue reports whether an acquisition about to write on the
+// vacancy at rev should go behind queued waiters instead: rev is this
+// lease's own release marker, and the queue check sent with that
+// release found another waiter's ticket. It answers once per release.
+func (l *Lease) yieldToQueue(ctx context.Context, rev uint64) bool {
+	l.mu.Lock()
+	r := l.released
+	l.released = releasedState{}
+	l.mu.Unlock()
+	if r.check == nil || r.rev != rev {
+		return false
+	}
+	select {
+	case <-r.check.done:
+	case <-ctx.Done():
+		return false
+	}
+	if !r.check.answered {
+		l.mu.Lock()
+		l.noQueueCheck = true
+		l.mu.Unlock()
+		l.logger.Debug("natskvlease: the queue check went unanswered; releases send none from now on (allow the bucket's DIRECT.GET subject)")
+	}
+	return r.check.waiters
 }

@@ -127,7 +127,7 @@ func TestQueueTwoWritesPerHandoff(t *testing.T) {
 		ws[i] = startWaiter(t, srv, kv.Bucket(), "job", fmt.Sprintf("w%d", i), 30*time.Second, ctx)
 	}
 	natstest.Eventually(t, 5*time.Second, "ten tickets", func() bool { return liveTickets(t, js, kv.Bucket(), "job") == n })
-	natstest.Eventually(t, 5*time.Second, "ten watches", func() bool { return consumers(t, js, kv.Bucket()) == n })
+	natstest.Eventually(t, 5*time.Second, "ten ticket watches and the first waiter's key watch", func() bool { return consumers(t, js, kv.Bucket()) == n+1 })
 	sub := spyAll(t, srv)
 	if err := holder.Release(ctx); err != nil {
 		t.Fatal(err)
@@ -253,7 +253,7 @@ func TestQueueRenewAfterExpiryRejoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	q.renew(ctx)
-	if q.key == oldKey || q.place <= oldPlace || !q.first() {
+	if q.key == oldKey || q.place <= oldPlace || !q.first(time.Now()) {
 		t.Fatalf("after renewing a gone ticket: key %s (was %s), place %d (was %d); want a new ticket at the back", q.key, oldKey, q.place, oldPlace)
 	}
 	if d := q.renewDue(); d <= 0 {
@@ -270,4 +270,104 @@ func TestQueueRenewAfterExpiryRejoins(t *testing.T) {
 		t.Fatalf("renewal due in %v after a failed one; want a pause", d)
 	}
 	q.leave()
+}
+
+// waitingWatches is how many consumers a lone queued waiter keeps: a
+// watch on the tickets, and, being first, one on the key.
+const waitingWatches = 2
+
+// A ticket ahead counts until it has gone unseen for longer than its
+// TTL (its waiter renews it every third of one), then no more: a bucket
+// without expiry markers, or a watch gone quiet, cannot hold the queue
+// up for good.
+func TestTicketsAhead(t *testing.T) {
+	const ttl = 3 * time.Second
+	t0 := time.Unix(1000, 0)
+	places := map[string]ticketSeen{
+		"own":   {place: 10, seen: t0},
+		"older": {place: 5, seen: t0},
+		"newer": {place: 12, seen: t0},
+	}
+	for _, c := range []struct {
+		name  string
+		at    time.Time
+		ahead int
+	}{
+		{"just seen", t0, 1},
+		{"within its TTL", t0.Add(ttl), 1},
+		{"just before its life ends", t0.Add(ticketLife(ttl) - time.Nanosecond), 1},
+		{"after its life", t0.Add(ticketLife(ttl)), 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := ticketsAhead(places, "own", 10, c.at, ttl); got != c.ahead {
+				t.Fatalf("%d tickets ahead, want %d", got, c.ahead)
+			}
+		})
+	}
+	if got := ticketsAhead(map[string]ticketSeen{"own": {place: 10, seen: t0}}, "own", 10, t0, ttl); got != 0 {
+		t.Fatalf("alone: %d tickets ahead, want 0", got)
+	}
+}
+
+// TestQueueReleaserGoesBehindWaiters: a holder that releases and at once
+// waits again does not starve the waiters queued while it held the key
+// (without the check its release sends, its write on its own release
+// marker comes a round trip before the first waiter's, every time): the
+// waiters hold the key in the order they queued, and the releaser after
+// them. With no one queued, it takes the key back at once.
+func TestQueueReleaserGoesBehindWaiters(t *testing.T) {
+	srv := natstest.Start(t)
+	js, kv := testBucket(t, srv, 30*time.Second)
+	ctx := natstest.Context(t)
+	looper := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "looper"))
+	mustAcquire(t, looper)
+	const n = 3
+	ws := make([]*waiter, n)
+	for i := range ws {
+		ws[i] = startWaiter(t, srv, kv.Bucket(), "job", fmt.Sprintf("w%d", i), 30*time.Second, ctx)
+		natstest.Eventually(t, 5*time.Second, fmt.Sprintf("w%d's ticket", i), func() bool { return liveTickets(t, js, kv.Bucket(), "job") == i+1 })
+	}
+	looped := make(chan error, 1)
+	go func() {
+		if err := looper.Release(ctx); err != nil {
+			looped <- err
+			return
+		}
+		looped <- looper.AcquireWait(ctx) // at once, as a loop would
+	}()
+	for i := range n {
+		got := nextHolder(t, ws)
+		if want := fmt.Sprintf("w%d", i); got.name != want {
+			t.Fatalf("holding %d went to %s, want %s", i, got.name, want)
+		}
+		select {
+		case err := <-looped:
+			t.Fatalf("the releaser got the key back (err %v) while %s held it or waited", err, got.name)
+		default:
+		}
+		if looper.IsHeld() {
+			t.Fatalf("the releaser holds the key while %s does", got.name)
+		}
+		if err := got.lease.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-looped:
+		if err != nil || !looper.IsHeld() {
+			t.Fatalf("the releaser's turn: AcquireWait = %v, held %v", err, looper.IsHeld())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the releaser did not get its turn after the waiters")
+	}
+	natstest.Eventually(t, 5*time.Second, "every ticket gone", func() bool { return liveTickets(t, js, kv.Bucket(), "job") == 0 })
+	// Alone, a release and an acquisition take the key back at once.
+	for range 5 {
+		if err := looper.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := looper.Acquire(ctx); !ok || err != nil {
+			t.Fatalf("relock with no one queued: %v, %v", ok, err)
+		}
+	}
 }

@@ -37,7 +37,14 @@ func (l *Lease) release(ctx context.Context) (err error) {
 	if rev == 0 {
 		return ErrLeaseNotHeld
 	}
+	var check *queueCheck
+	if wasHeld {
+		check = l.checkQueue() // its answer comes while the purge is on its way
+	}
 	perr := l.purgeRevision(ctx, rev)
+	if snap, ok := l.lastSeen(); perr == nil && ok && snap.vacant && snap.revKnown {
+		l.noteRelease(snap.rev, check)
+	}
 	switch {
 	case !wasHeld:
 		return ErrLeaseNotHeld

@@ -50,113 +50,228 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 				return err
 			}
 			l.logger.Debug("natskvlease: no place in the queue; waiting without one", "error", err)
+			q = nil
 		}
 	}
-	var w *keyWatch
-	defer func() {
-		// Stopping deletes the watch's consumer, and leaving the queue
-		// purges the ticket: round trips the caller, who holds the lease
-		// now or has given up, need not wait for.
-		if w != nil {
-			go w.stop()
-		}
-		if q != nil {
-			go q.leave()
-		}
-	}()
-	poll := time.NewTimer(0)
-	defer poll.Stop()
-	renew := time.NewTimer(time.Hour)
-	renew.Stop() // runs only while there is a ticket to renew
-	defer renew.Stop()
-	if q != nil {
-		renew.Reset(q.renewDue())
-	}
-	var (
-		freedAt  time.Time // when the watch last showed the key vacant
-		sawEntry bool      // the watch has shown an entry of the key
-		free     bool      // the key was vacant when last seen
-	)
+	wt := &waiting{lease: l, q: q, poll: time.NewTimer(0)}
+	defer wt.end()
+	return wt.run(ctx)
+}
+
+// waiting is one AcquireWait after its first try. With a queue ticket it
+// watches the tickets, and the key only while its ticket is the oldest,
+// so that a release is delivered to the one waiter that will write, not
+// to every waiter; without one, it watches the key.
+type waiting struct {
+	lease *Lease
+	q     *queue
+	key   *keyWatch // the key's watch: without a queue always, with one only while first
+	queue *keyWatch // the tickets' watch, with a queue
+	// poll fires when the key's watch (or, before there is one, the
+	// queue's) has been silent for too long, or a lost race wants a
+	// second look.
+	poll *time.Timer
+	// duty fires when the ticket is due for renewal, or a ticket ahead
+	// of it may have expired unseen.
+	duty *time.Timer
+
+	freedAt    time.Time // when the key's watch last showed it vacant
+	sawEntry   bool      // the key's watch has shown an entry of the key
+	free       bool      // the key was vacant when last seen
+	queueKnown bool      // the queue's watch has shown every ticket there was
+}
+
+func (wt *waiting) run(ctx context.Context) error {
+	l, q := wt.lease, wt.q
+	wt.duty = time.NewTimer(time.Hour)
+	wt.duty.Stop() // runs only while there is a ticket to renew
+	wt.scheduleDuty()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-renew.C:
-			q.renew(ctx)
-			renew.Reset(q.renewDue())
+		case <-wt.duty.C:
+			if q.renewDue() == 0 {
+				q.renew(ctx)
+			}
+			wt.followQueue(ctx)
+			wt.scheduleDuty()
 			continue
-		case e, ok := <-w.updates():
+		case e, ok := <-wt.queue.updates():
+			if !ok {
+				wt.queue.stop()
+				wt.queue, wt.queueKnown = nil, false
+				wt.poll.Reset(0)
+				continue
+			}
+			if wt.key == nil {
+				// Tickets come and go and are renewed: the watch is
+				// alive. (Once the key is watched, its silence counts.)
+				wt.poll.Reset(pollInterval(l.TTL()))
+			}
+			if e == nil {
+				wt.queueKnown = true // the end of its initial values
+			} else {
+				q.see(e, time.Now())
+			}
+			wt.followQueue(ctx)
+			wt.scheduleDuty()
+			continue
+		case e, ok := <-wt.key.updates():
 			if !ok {
 				// Closed under us (a closed connection, a deleted
 				// consumer): look again now, and watch anew.
-				w.stop()
-				w, sawEntry = nil, false
-				poll.Reset(0)
+				wt.key.stop()
+				wt.key, wt.sawEntry = nil, false
+				wt.poll.Reset(0)
 				continue
 			}
-			switch {
-			case e != nil && q != nil && q.isTicket(e):
-				q.see(e)
-			case e == nil && sawEntry:
-				continue // the end of the initial values
-			case e == nil:
-				// No entry of the key: it has no message at all.
-				l.observe(snapshot{vacant: true, revKnown: true})
-				free = true
-			default:
-				sawEntry = true
-				s := snapshotOf(e)
-				l.observe(s)
-				free = s.vacant
-				if s.vacant {
-					freedAt = time.Now()
-				}
-				if l.othersWrite(e) {
-					// Held by another, and the watch is alive.
-					poll.Reset(pollInterval(l.TTL()))
-					continue
-				}
+			if !wt.onKeyEntry(e) {
+				continue
 			}
-			if !free || q != nil && !q.first() {
-				continue // someone holds it, or an older ticket goes first
+		case <-wt.poll.C:
+			if wt.startWatches(ctx) {
+				// Their first entries are the latest state: a vacancy
+				// since the last try shows there, so there is nothing to
+				// try until they arrive.
+				wt.poll.Reset(pollInterval(l.TTL()))
+				continue
 			}
-		case <-poll.C:
-			if w == nil {
-				if w = l.watch(ctx, q); w != nil {
-					// Its first entries are the key's latest state: a
-					// vacancy since the last try shows there, so there is
-					// nothing to try until they arrive.
-					poll.Reset(pollInterval(l.TTL()))
-					continue
-				}
+			if wt.queue != nil && wt.key == nil {
+				// Not first, and the tickets ahead have been silent for
+				// half a TTL though they are renewed every third: watch
+				// them anew, whose first entries are the live ones.
+				wt.queue.stop()
+				wt.queue, wt.queueKnown = nil, false
+				q.forget()
+				wt.poll.Reset(0)
+				continue
 			}
-			// The watch is silent (or cannot be had): try, queue or not.
+			// The key's watch is silent, or a watch cannot be had (the
+			// attempt then says why, a closed connection for one): try.
 		}
 		tried := time.Now()
-		ok, err := l.acquire(ctx, w != nil)
+		ok, err := l.acquire(ctx, wt.key != nil)
 		recheck, lost := contended(err)
 		switch {
 		case ok:
-			if freedAt.IsZero() && w != nil {
+			if wt.freedAt.IsZero() && wt.key != nil {
 				// Its read, not the watch, showed the key free (a
 				// recheck after a lost race can come first).
-				freedAt = tried
+				wt.freedAt = tried
 			}
-			if !freedAt.IsZero() {
-				l.record(Event{Kind: EventHandoff, Duration: time.Since(freedAt)})
+			if !wt.freedAt.IsZero() {
+				l.record(Event{Kind: EventHandoff, Duration: time.Since(wt.freedAt)})
 			}
 			return nil
 		case lost:
 			// The other write is on its way to the watch, which resets
 			// the poll; look again soon in case it never lands.
-			poll.Reset(recheck)
+			wt.poll.Reset(recheck)
 			continue
 		case IsFinal(err):
 			return err
 		case err != nil:
 			l.logger.Debug("natskvlease: acquire", "error", err)
 		}
-		poll.Reset(pollInterval(l.TTL()))
+		wt.poll.Reset(pollInterval(l.TTL()))
+	}
+}
+
+// onKeyEntry records an entry of the key's watch (nil: the end of its
+// initial values) and reports whether to try to acquire now.
+func (wt *waiting) onKeyEntry(e jetstream.KeyValueEntry) bool {
+	l := wt.lease
+	switch {
+	case e == nil && wt.sawEntry:
+		return false // the end of the initial values
+	case e == nil:
+		// No entry of the key: it has no message at all.
+		l.observe(snapshot{vacant: true, revKnown: true})
+		wt.free = true
+	default:
+		wt.sawEntry = true
+		s := snapshotOf(e)
+		l.observe(s)
+		wt.free = s.vacant
+		if s.vacant {
+			wt.freedAt = time.Now()
+		}
+		if l.othersWrite(e) {
+			// Held by another, and the watch is alive.
+			wt.poll.Reset(pollInterval(l.TTL()))
+			return false
+		}
+	}
+	return wt.free && (wt.q == nil || wt.q.first(time.Now()))
+}
+
+// startWatches starts the watches that are due and missing: the key's
+// (without a queue, or while first in it) and the queue's. It reports
+// whether it started any.
+func (wt *waiting) startWatches(ctx context.Context) bool {
+	started := false
+	if wt.q != nil && wt.queue == nil {
+		if wt.queue = wt.lease.watch(ctx, wt.q.filter); wt.queue != nil {
+			started = true
+		}
+	}
+	if wt.key == nil && (wt.q == nil || wt.queueKnown && wt.q.first(time.Now())) {
+		if wt.key = wt.lease.watch(ctx, wt.lease.cfg.Key); wt.key != nil {
+			wt.sawEntry = false
+			started = true
+		}
+	}
+	return started
+}
+
+// followQueue watches the key once this waiter's ticket is the oldest,
+// and stops watching it if the ticket is no longer (it expired and the
+// waiter joined again at the back).
+func (wt *waiting) followQueue(ctx context.Context) {
+	if !wt.queueKnown {
+		return // the tickets are not all known yet
+	}
+	switch first := wt.q.first(time.Now()); {
+	case first && wt.key == nil:
+		if wt.key = wt.lease.watch(ctx, wt.lease.cfg.Key); wt.key != nil {
+			wt.sawEntry = false
+		}
+	case !first && wt.key != nil:
+		go wt.key.stop()
+		wt.key = nil
+	}
+}
+
+// scheduleDuty sets the duty timer for the ticket's next renewal, or
+// sooner for a ticket ahead that may expire unseen.
+func (wt *waiting) scheduleDuty() {
+	if wt.q == nil {
+		return
+	}
+	due := wt.q.renewDue()
+	if stale := wt.q.staleIn(time.Now()); stale > 0 {
+		due = min(due, stale)
+	}
+	wt.duty.Reset(due)
+}
+
+// end stops the watches and leaves the queue, in the background:
+// deleting consumers and purging the ticket are round trips the caller,
+// who holds the lease now or has given up, need not wait for.
+func (wt *waiting) end() {
+	wt.poll.Stop()
+	if wt.duty != nil {
+		wt.duty.Stop()
+	}
+	if wt.key != nil {
+		go wt.key.stop()
+	}
+	if wt.queue != nil {
+		go wt.queue.stop()
+	}
+	if wt.q != nil {
+		go wt.q.leave()
 	}
 }
 
@@ -170,17 +285,13 @@ type keyWatch struct {
 	cancel context.CancelFunc // ends nats.go's wait on the watch's context
 }
 
-// watch starts a watch on the key, and on the tickets of its queue if q
-// is not nil, or returns nil (and the caller polls) if the server cannot
-// be reached. Starting it honours ctx; the watch then lasts until stop.
-func (l *Lease) watch(ctx context.Context, q *queue) *keyWatch {
+// watch starts a watch on keys (a key, or a filter such as the queue's),
+// or returns nil (and the caller polls) if the server cannot be reached.
+// Starting it honours ctx; the watch then lasts until stop.
+func (l *Lease) watch(ctx context.Context, keys string) *keyWatch {
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stopStarting := context.AfterFunc(ctx, cancel)
-	keys := []string{l.cfg.Key}
-	if q != nil {
-		keys = append(keys, q.filter)
-	}
-	w, err := l.ops.kv.WatchFiltered(wctx, keys)
+	w, err := l.ops.kv.Watch(wctx, keys)
 	if !stopStarting() || err != nil {
 		cancel()
 		if err == nil {

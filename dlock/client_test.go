@@ -66,7 +66,7 @@ func TestCloseAbortsWaiters(t *testing.T) {
 		_, err := a.Lock(natstest.Context(t), "w")
 		errc <- err
 	}()
-	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == waitingWatches })
 	if err := a.Close(natstest.Context(t)); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

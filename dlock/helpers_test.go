@@ -104,3 +104,7 @@ func median(ds []time.Duration) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
 }
+
+// waitingWatches is how many consumers a lone waiting Lock keeps: a watch
+// on the key's waiter queue, and, being first in it, one on the key.
+const waitingWatches = 2

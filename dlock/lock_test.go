@@ -133,7 +133,7 @@ func TestHandoffLatency(t *testing.T) {
 			}
 			got <- time.Now()
 		}()
-		natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+		natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == waitingWatches })
 		called := time.Now()
 		if err := l.Unlock(natstest.Context(t)); err != nil {
 			t.Fatalf("Unlock: %v", err)
@@ -192,7 +192,7 @@ func TestConnectionLossCancelsBeforeHandoff(t *testing.T) {
 		}
 		res <- r
 	}()
-	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == waitingWatches })
 	killed := time.Now()
 	hnc.Close()
 
@@ -349,7 +349,7 @@ func TestStalledConnectionCancelsBeforeHandoff(t *testing.T) {
 		}
 		res <- r
 	}()
-	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 10*time.Second, "the waiter's watch", func() bool { return e.consumers() == waitingWatches })
 	stalled := time.Now()
 	proxy.Blackhole(true)
 
@@ -418,10 +418,10 @@ func TestLocalWaitersQueue(t *testing.T) {
 		})
 	}
 	started.Wait()
-	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return e.consumers() >= 1 })
+	natstest.Eventually(t, 5*time.Second, "a waiter watching", func() bool { return e.consumers() >= waitingWatches })
 	for i := range 20 { // the others stay queued in the process
-		if n := e.consumers(); n != 1 {
-			t.Fatalf("check %d: %d watches for %d waiters of one Client; want 1", i, n, waiters)
+		if n := e.consumers(); n != waitingWatches {
+			t.Fatalf("check %d: %d watches for %d waiters of one Client; want one waiter's %d", i, n, waiters, waitingWatches)
 		}
 	}
 	if err := holder.Unlock(ctx); err != nil {
@@ -465,7 +465,7 @@ func TestLockEndsOnClosedConnection(t *testing.T) {
 		_, err := waiter.Lock(context.Background(), "job")
 		done <- err
 	}()
-	natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return e.consumers() == 1 })
+	natstest.Eventually(t, 5*time.Second, "the waiter's watch", func() bool { return e.consumers() == waitingWatches })
 	closed := time.Now()
 	nc.Close()
 	select {
