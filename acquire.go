@@ -130,7 +130,7 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 		sentAt := time.Now()
 		rev, err := l.writeAttempt(ctx, snap.rev)
 		if err == nil {
-			l.becomeHolder(rev, sentAt)
+			l.becomeHolder(rev, snap.rev, sentAt)
 			return true, nil
 		}
 		known = false

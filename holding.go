@@ -16,8 +16,12 @@ type holding struct {
 	rev      uint64    // our latest revision; kept after a loss by deadline so Release can clean up
 	sentAt   time.Time // when the write that set deadline was sent
 	deadline time.Time
-	ctx      context.Context // cancelled, with a cause, when the holding ends
-	cancel   context.CancelCauseFunc
+	// crowded: another write reached the stream between this holding's
+	// own writes, or before its first one on the vacancy it was written
+	// on (see yieldToQueue).
+	crowded bool
+	ctx     context.Context // cancelled, with a cause, when the holding ends
+	cancel  context.CancelCauseFunc
 }
 
 // liveAt is the safety rule, the one test of "held now" that every
@@ -75,7 +79,9 @@ func (l *Lease) current() (h holding, ok bool) {
 	return l.h, l.h.held
 }
 
-func (l *Lease) becomeHolder(rev uint64, sentAt time.Time) {
+// becomeHolder records a new holding, written at rev on the vacancy at
+// revision on and sent at sentAt.
+func (l *Lease) becomeHolder(rev, on uint64, sentAt time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -86,6 +92,7 @@ func (l *Lease) becomeHolder(rev uint64, sentAt time.Time) {
 		rev:      rev,
 		sentAt:   sentAt,
 		deadline: safetyDeadline(sentAt, l.ttl),
+		crowded:  rev != on+1,
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -104,6 +111,7 @@ func (l *Lease) extend(gen, rev uint64, sentAt time.Time) {
 	if !l.h.held || gen != l.h.gen {
 		return
 	}
+	l.h.crowded = l.h.crowded || rev != l.h.rev+1
 	l.h.rev = rev
 	l.record(Event{Kind: EventRenewed, Left: time.Until(l.h.deadline)})
 	if d := safetyDeadline(sentAt, l.ttl); d.After(l.h.deadline) {
@@ -123,8 +131,9 @@ func (l *Lease) lose(gen uint64, cause error) {
 }
 
 // endForRelease ends the holding as released and returns the revision
-// to purge (0: nothing of ours may be on the server).
-func (l *Lease) endForRelease() (rev uint64, wasHeld bool) {
+// to purge (0: nothing of ours may be on the server), and whether the
+// holding was crowded.
+func (l *Lease) endForRelease() (rev uint64, wasHeld, crowded bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.h.held && !l.h.liveAt(time.Now()) {
@@ -135,7 +144,7 @@ func (l *Lease) endForRelease() (rev uint64, wasHeld bool) {
 		l.endLocked(true, errReleased)
 	}
 	rev, l.h.rev = l.h.rev, 0
-	return rev, wasHeld
+	return rev, wasHeld, l.h.crowded
 }
 
 // endLocked ends the current holding; the one place where a holding ends,

@@ -229,6 +229,11 @@ func (o *KVOps) write(ctx context.Context, key string, value []byte, expected ui
 // expires the server deletes that one message, so a write placed on the
 // marker survives; a DEL marker's expiry is a rollup that would wipe it.
 func (o *KVOps) purge(ctx context.Context, key string, expected uint64, ttl time.Duration) (uint64, error) {
+	return o.purgeNoting(ctx, key, expected, ttl, nil)
+}
+
+// purgeNoting is purge with a note in the marker's body, for watchers.
+func (o *KVOps) purgeNoting(ctx context.Context, key string, expected uint64, ttl time.Duration, note []byte) (uint64, error) {
 	if o.js == nil {
 		if expected == 0 {
 			// nats.go sends no revision check for revision 0: the purge
@@ -237,7 +242,7 @@ func (o *KVOps) purge(ctx context.Context, key string, expected uint64, ttl time
 		}
 		return 0, o.kv.Purge(ctx, key, jetstream.LastRevision(expected))
 	}
-	m := &nats.Msg{Subject: o.subject(key), Header: nats.Header{}}
+	m := &nats.Msg{Subject: o.subject(key), Header: nats.Header{}, Data: note}
 	m.Header.Set(kvOperationHeader, kvOperationPurge)
 	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expected, 10))

@@ -50,14 +50,11 @@ type Lease struct {
 	seenOK   bool
 	camp     *campaign // the renewal loop, if running
 	// ownTicket is the key of this lease's latest queue ticket, which
-	// a release's queue check does not count as a waiter.
+	// is not counted as another waiter's.
 	ownTicket string
-	// released is what the latest release learned of the waiter queue,
-	// for the acquisition that follows it (see yieldToQueue).
+	// released is the latest release, for the acquisition that follows
+	// it (see yieldToQueue).
 	released releasedState
-	// noQueueCheck: a queue check once went unanswered (no permission
-	// for direct gets, say); releases send none since.
-	noQueueCheck bool
 }
 
 // NewLease returns a lease for cfg.Key in kv. Nothing is sent until the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,8 +114,9 @@ func TestQueueFirstComeFirstServed(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, "every ticket gone", func() bool { return liveTickets(t, js, kv.Bucket(), "job") == 0 })
 }
 
-// TestQueueTwoWritesPerHandoff: with ten waiters queued, a release makes
-// one waiter write: its acquisition, and the purge of its ticket.
+// TestQueueTwoWritesPerHandoff: with ten waiters queued, a release
+// reaches one waiter's watch, and that waiter writes: its acquisition,
+// and the purge of its ticket.
 func TestQueueTwoWritesPerHandoff(t *testing.T) {
 	srv := natstest.Start(t)
 	js, kv := testBucket(t, srv, 30*time.Second)
@@ -127,11 +129,14 @@ func TestQueueTwoWritesPerHandoff(t *testing.T) {
 		ws[i] = startWaiter(t, srv, kv.Bucket(), "job", fmt.Sprintf("w%d", i), 30*time.Second, ctx)
 	}
 	natstest.Eventually(t, 5*time.Second, "ten tickets", func() bool { return liveTickets(t, js, kv.Bucket(), "job") == n })
-	natstest.Eventually(t, 5*time.Second, "ten ticket watches and the first waiter's key watch", func() bool { return consumers(t, js, kv.Bucket()) == n+1 })
+	// One watch each: the first waiter's of the key, the others' of the
+	// ticket ahead of theirs.
+	natstest.Eventually(t, 5*time.Second, "ten watches", func() bool { return consumers(t, js, kv.Bucket()) == n })
 	sub := spyAll(t, srv)
 	if err := holder.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
+	marker, _ := holder.lastSeen() // the release's marker
 	first := nextHolder(t, ws)
 	natstest.Eventually(t, 5*time.Second, "the first waiter's ticket gone", func() bool { return liveTickets(t, js, kv.Bucket(), "job") == n-1 })
 	// Anything a herd would send comes within milliseconds of the
@@ -139,14 +144,18 @@ func TestQueueTwoWritesPerHandoff(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	keySubj := "$KV." + kv.Bucket() + ".job"
 	ticketPrefix := "$KV." + kv.Bucket() + "." + queuePrefix
-	var onKey, onTickets int
+	var onKey, onTickets, deliveries int
 	for {
 		m, err := sub.NextMsg(50 * time.Millisecond)
 		if err != nil {
 			break
 		}
 		if strings.HasPrefix(m.Reply, "$JS.ACK.") {
-			continue // a watch's delivery, not a write
+			// A watch's delivery, not a write.
+			if md, err := m.Metadata(); err == nil && md.Sequence.Stream == marker.rev {
+				deliveries++
+			}
+			continue
 		}
 		switch {
 		case m.Subject == keySubj:
@@ -156,7 +165,10 @@ func TestQueueTwoWritesPerHandoff(t *testing.T) {
 		}
 	}
 	onKey-- // the holder's release
-	t.Logf("handoff to %s: %d write(s) on the key, %d on tickets", first.name, onKey, onTickets)
+	t.Logf("handoff to %s: %d write(s) on the key, %d on tickets; the release was delivered to %d watch(es)", first.name, onKey, onTickets, deliveries)
+	if deliveries != 1 {
+		t.Fatalf("the release (revision %d) reached %d watches of %d waiters; want only the first waiter's", marker.rev, deliveries, n)
+	}
 	if onKey != 1 || onKey+onTickets > 2 {
 		t.Fatalf("a handoff to one of %d waiters made %d writes on the key and %d on tickets; want one acquisition and at most two writes", n, onKey, onTickets)
 	}
@@ -230,7 +242,17 @@ func TestQueueStuckWaiterBlocksAtMostTTL(t *testing.T) {
 			if err := next.lease.Release(ctx); err != nil {
 				t.Fatal(err)
 			}
+			if how == "cancels" {
+				return // done already
+			}
 			cancelFirst()
+			// A stuck waiter that gives up purges any write of its own
+			// whose answer it lacks, within two attempts' timeouts.
+			select {
+			case <-firstDone:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the stuck waiter's AcquireWait did not return after its context ended")
+			}
 		})
 	}
 }
@@ -252,8 +274,10 @@ func TestQueueRenewAfterExpiryRejoins(t *testing.T) {
 	if _, err := l.ops.purge(ctx, q.key, q.rev, time.Second); err != nil { // as an expiry would
 		t.Fatal(err)
 	}
-	q.renew(ctx)
-	if q.key == oldKey || q.place <= oldPlace || !q.first(time.Now()) {
+	if !q.renew(ctx) {
+		t.Fatal("renewing a gone ticket did not report joining again")
+	}
+	if q.key == oldKey || q.place <= oldPlace {
 		t.Fatalf("after renewing a gone ticket: key %s (was %s), place %d (was %d); want a new ticket at the back", q.key, oldKey, q.place, oldPlace)
 	}
 	if d := q.renewDue(); d <= 0 {
@@ -269,43 +293,67 @@ func TestQueueRenewAfterExpiryRejoins(t *testing.T) {
 	if d := q.renewDue(); d <= 0 {
 		t.Fatalf("renewal due in %v after a failed one; want a pause", d)
 	}
-	q.leave()
+	q.leave(false)
 }
 
-// waitingWatches is how many consumers a lone queued waiter keeps: a
-// watch on the tickets, and, being first, one on the key.
-const waitingWatches = 2
+// waitingWatches is how many consumers a lone queued waiter keeps: being
+// first, a watch on the key, and nothing else.
+const waitingWatches = 1
 
-// A ticket ahead counts until it has gone unseen for longer than its
+// A ticket counts as live until it has gone unseen for longer than its
 // TTL (its waiter renews it every third of one), then no more: a bucket
 // without expiry markers, or a watch gone quiet, cannot hold the queue
 // up for good.
-func TestTicketsAhead(t *testing.T) {
+func TestTicketGone(t *testing.T) {
 	const ttl = 3 * time.Second
-	t0 := time.Unix(1000, 0)
-	places := map[string]ticketSeen{
-		"own":   {place: 10, seen: t0},
-		"older": {place: 5, seen: t0},
-		"newer": {place: 12, seen: t0},
+	seen := time.Unix(1000, 0)
+	for _, c := range []struct {
+		name string
+		at   time.Time
+		gone bool
+	}{
+		{"just seen", seen, false},
+		{"within its TTL", seen.Add(ttl), false},
+		{"just before its life ends", seen.Add(ticketLife(ttl) - time.Nanosecond), false},
+		{"at the end of its life", seen.Add(ticketLife(ttl)), true},
+		{"long after", seen.Add(time.Hour), true},
+	} {
+		if got := ticketGone(seen, c.at, ttl); got != c.gone {
+			t.Errorf("%s: gone %v, want %v", c.name, got, c.gone)
+		}
+	}
+}
+
+// A listing of the queue counts live tickets only, each at its place:
+// the revision of its first write, which renewals carry in the value.
+func TestTicketOf(t *testing.T) {
+	const stored = "$KV.b."
+	msg := func(subj string, seq uint64, data string, hdr ...string) *nats.Msg {
+		m := &nats.Msg{Header: nats.Header{}, Data: []byte(data)}
+		m.Header.Set(jetstream.SubjectHeader, subj)
+		m.Header.Set(jetstream.SequenceHeader, fmt.Sprint(seq))
+		for i := 0; i+1 < len(hdr); i += 2 {
+			m.Header.Set(hdr[i], hdr[i+1])
+		}
+		return m
 	}
 	for _, c := range []struct {
 		name  string
-		at    time.Time
-		ahead int
+		m     *nats.Msg
+		want  ticket
+		alive bool
 	}{
-		{"just seen", t0, 1},
-		{"within its TTL", t0.Add(ttl), 1},
-		{"just before its life ends", t0.Add(ticketLife(ttl) - time.Nanosecond), 1},
-		{"after its life", t0.Add(ticketLife(ttl)), 0},
+		{"first write", msg(stored+"_waiting.job.a", 7, `{"n":"a"}`), ticket{key: "_waiting.job.a", place: 7}, true},
+		{"renewal", msg(stored+"_waiting.job.a", 19, `{"n":"a","p":7}`), ticket{key: "_waiting.job.a", place: 7}, true},
+		{"left", msg(stored+"_waiting.job.a", 20, "first", kvOperationHeader, kvOperationPurge), ticket{}, false},
+		{"expired", msg(stored+"_waiting.job.a", 21, "", jetstream.MarkerReasonHeader, "MaxAge"), ticket{}, false},
+		{"not a ticket's value", msg(stored+"_waiting.job.a", 22, "junk"), ticket{}, false},
+		{"no subject", msg("", 23, `{"n":"a"}`), ticket{}, false},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			if got := ticketsAhead(places, "own", 10, c.at, ttl); got != c.ahead {
-				t.Fatalf("%d tickets ahead, want %d", got, c.ahead)
-			}
-		})
-	}
-	if got := ticketsAhead(map[string]ticketSeen{"own": {place: 10, seen: t0}}, "own", 10, t0, ttl); got != 0 {
-		t.Fatalf("alone: %d tickets ahead, want 0", got)
+		got, ok := ticketOf(c.m, stored)
+		if ok != c.alive || got != c.want {
+			t.Errorf("%s: %+v, %v; want %+v, %v", c.name, got, ok, c.want, c.alive)
+		}
 	}
 }
 
@@ -369,5 +417,71 @@ func TestQueueReleaserGoesBehindWaiters(t *testing.T) {
 		if ok, err := looper.Acquire(ctx); !ok || err != nil {
 			t.Fatalf("relock with no one queued: %v, %v", ok, err)
 		}
+	}
+}
+
+// TestQueueTightLoopYields: a holder that releases and waits again in a
+// loop with no pause at all, while a waiter queues: the waiter holds the
+// key within two of the loop's releases (the first waiter's ticket write
+// makes the loop's holding crowded, and a first waiter beaten to a
+// vacancy writes it again), and the loop goes on after it.
+func TestQueueTightLoopYields(t *testing.T) {
+	srv := natstest.Start(t)
+	js, kv := testBucket(t, srv, 30*time.Second)
+	ctx := natstest.Context(t)
+	looper := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "looper"))
+	mustAcquire(t, looper)
+	var releases atomic.Int64
+	stop := make(chan struct{})
+	looped := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				looped <- looper.Release(ctx)
+				return
+			default:
+			}
+			if err := looper.Release(ctx); err != nil {
+				looped <- err
+				return
+			}
+			releases.Add(1)
+			if err := looper.AcquireWait(ctx); err != nil {
+				looped <- err
+				return
+			}
+		}
+	}()
+	natstest.Eventually(t, 5*time.Second, "a few loops", func() bool { return releases.Load() >= 3 })
+	w := startWaiter(t, srv, kv.Bucket(), "job", "w", 30*time.Second, ctx)
+	natstest.Eventually(t, 5*time.Second, "w's ticket", func() bool { return liveTickets(t, js, kv.Bucket(), "job") >= 1 })
+	queued := releases.Load()
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the waiter still waits after %d releases of the loop", releases.Load()-queued)
+	}
+	// The loop is now in AcquireWait, behind the waiter.
+	if n := releases.Load() - queued; n > 2 {
+		t.Fatalf("the waiter held the key after %d releases of the loop since it queued; want at most 2", n)
+	}
+	if looper.IsHeld() {
+		t.Fatal("the loop holds the key while the waiter does")
+	}
+	close(stop)
+	if err := w.lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-looped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop did not get the key back after the waiter")
 	}
 }

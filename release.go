@@ -33,17 +33,13 @@ func (l *Lease) release(ctx context.Context) (err error) {
 	}
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
-	rev, wasHeld := l.endForRelease()
+	rev, wasHeld, crowded := l.endForRelease()
 	if rev == 0 {
 		return ErrLeaseNotHeld
 	}
-	var check *queueCheck
-	if wasHeld {
-		check = l.checkQueue() // its answer comes while the purge is on its way
-	}
 	perr := l.purgeRevision(ctx, rev)
-	if snap, ok := l.lastSeen(); perr == nil && ok && snap.vacant && snap.revKnown {
-		l.noteRelease(snap.rev, check)
+	if snap, ok := l.lastSeen(); perr == nil && wasHeld && ok && snap.vacant && snap.revKnown {
+		l.noteRelease(snap.rev, crowded || snap.rev != rev+1)
 	}
 	switch {
 	case !wasHeld:

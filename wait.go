@@ -1,6 +1,7 @@
 package natskvlease
 
 import (
+	"bytes"
 	"context"
 	"math/rand/v2"
 	"time"
@@ -58,104 +59,90 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	return wt.run(ctx)
 }
 
-// waiting is one AcquireWait after its first try. With a queue ticket it
-// watches the tickets, and the key only while its ticket is the oldest,
-// so that a release is delivered to the one waiter that will write, not
-// to every waiter; without one, it watches the key.
+// waiting is one AcquireWait after its first try. With a queue ticket
+// it watches the ticket right ahead of its own, and once first the key;
+// without one, it watches the key. Either way it has one watch.
 type waiting struct {
 	lease *Lease
 	q     *queue
-	key   *keyWatch // the key's watch: without a queue always, with one only while first
-	queue *keyWatch // the tickets' watch, with a queue
-	// poll fires when the key's watch (or, before there is one, the
-	// queue's) has been silent for too long, or a lost race wants a
-	// second look.
+	// ahead is the ticket right ahead of this waiter's, whose watch w is;
+	// empty once this waiter is first (or without a queue), when w is
+	// the key's watch.
+	ahead     string
+	aheadSeen time.Time // when the ticket ahead was last seen written
+	w         *keyWatch
+	// poll fires when the watch has been silent for too long, or a lost
+	// race wants a second look.
 	poll *time.Timer
-	// duty fires when the ticket is due for renewal, or a ticket ahead
-	// of it may have expired unseen.
+	// duty fires when the ticket is due for renewal, or the ticket ahead
+	// may have expired unseen.
 	duty *time.Timer
 
-	freedAt    time.Time // when the key's watch last showed it vacant
-	sawEntry   bool      // the key's watch has shown an entry of the key
-	free       bool      // the key was vacant when last seen
-	queueKnown bool      // the queue's watch has shown every ticket there was
+	freedAt  time.Time // when the key's watch last showed it vacant
+	sawEntry bool      // the watch has shown an entry of its key
+	free     bool      // the key was vacant when last seen
 }
 
 func (wt *waiting) run(ctx context.Context) error {
 	l, q := wt.lease, wt.q
 	wt.duty = time.NewTimer(time.Hour)
 	wt.duty.Stop() // runs only while there is a ticket to renew
-	wt.scheduleDuty()
+	if q != nil {
+		wt.locate(ctx)
+		wt.scheduleDuty()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-wt.duty.C:
-			if q.renewDue() == 0 {
-				q.renew(ctx)
+			if q.renewDue() == 0 && q.renew(ctx) {
+				wt.relocate(ctx) // a new ticket, at the back
+			} else if wt.aheadStale(time.Now()) {
+				wt.relocate(ctx)
 			}
-			wt.followQueue(ctx)
 			wt.scheduleDuty()
 			continue
-		case e, ok := <-wt.queue.updates():
-			if !ok {
-				wt.queue.stop()
-				wt.queue, wt.queueKnown = nil, false
-				wt.poll.Reset(0)
-				continue
-			}
-			if wt.key == nil {
-				// Tickets come and go and are renewed: the watch is
-				// alive. (Once the key is watched, its silence counts.)
-				wt.poll.Reset(pollInterval(l.TTL()))
-			}
-			if e == nil {
-				wt.queueKnown = true // the end of its initial values
-			} else {
-				q.see(e, time.Now())
-			}
-			wt.followQueue(ctx)
-			wt.scheduleDuty()
-			continue
-		case e, ok := <-wt.key.updates():
+		case e, ok := <-wt.w.updates():
 			if !ok {
 				// Closed under us (a closed connection, a deleted
 				// consumer): look again now, and watch anew.
-				wt.key.stop()
-				wt.key, wt.sawEntry = nil, false
+				wt.w.stop()
+				wt.w, wt.sawEntry = nil, false
 				wt.poll.Reset(0)
+				continue
+			}
+			if wt.ahead != "" {
+				wt.onAheadEntry(ctx, e)
 				continue
 			}
 			if !wt.onKeyEntry(e) {
 				continue
 			}
 		case <-wt.poll.C:
-			if wt.startWatches(ctx) {
-				// Their first entries are the latest state: a vacancy
-				// since the last try shows there, so there is nothing to
-				// try until they arrive.
-				wt.poll.Reset(pollInterval(l.TTL()))
-				continue
-			}
-			if wt.queue != nil && wt.key == nil {
-				// Not first, and the tickets ahead have been silent for
-				// half a TTL though they are renewed every third: watch
-				// them anew, whose first entries are the live ones.
-				wt.queue.stop()
-				wt.queue, wt.queueKnown = nil, false
-				q.forget()
-				wt.poll.Reset(0)
+			if wt.w == nil {
+				if wt.w = wt.startWatch(ctx); wt.w != nil {
+					// Its first entries are the latest state: a vacancy
+					// since the last try shows there, so there is
+					// nothing to try until they arrive.
+					wt.poll.Reset(pollInterval(l.TTL()))
+					continue
+				}
+			} else if wt.ahead != "" {
+				// The ticket ahead, renewed every third of a TTL, has
+				// been silent for half of one: look at the queue anew.
+				wt.relocate(ctx)
 				continue
 			}
 			// The key's watch is silent, or a watch cannot be had (the
 			// attempt then says why, a closed connection for one): try.
 		}
 		tried := time.Now()
-		ok, err := l.acquire(ctx, wt.key != nil)
+		ok, err := l.acquire(ctx, wt.w != nil)
 		recheck, lost := contended(err)
 		switch {
 		case ok:
-			if wt.freedAt.IsZero() && wt.key != nil {
+			if wt.freedAt.IsZero() && wt.w != nil {
 				// Its read, not the watch, showed the key free (a
 				// recheck after a lost race can come first).
 				wt.freedAt = tried
@@ -168,6 +155,16 @@ func (wt *waiting) run(ctx context.Context) error {
 			// The other write is on its way to the watch, which resets
 			// the poll; look again soon in case it never lands.
 			wt.poll.Reset(recheck)
+			if q != nil && wt.ahead == "" {
+				// First, and beaten: write the ticket again now, so that
+				// the holding that beat this waiter is crowded and its
+				// holder, should it release and try again at once, goes
+				// behind the queue (see yieldToQueue).
+				if q.renew(ctx) {
+					wt.relocate(ctx)
+				}
+				wt.scheduleDuty()
+			}
 			continue
 		case IsFinal(err):
 			return err
@@ -203,75 +200,104 @@ func (wt *waiting) onKeyEntry(e jetstream.KeyValueEntry) bool {
 			return false
 		}
 	}
-	return wt.free && (wt.q == nil || wt.q.first(time.Now()))
+	return wt.free
 }
 
-// startWatches starts the watches that are due and missing: the key's
-// (without a queue, or while first in it) and the queue's. It reports
-// whether it started any.
-func (wt *waiting) startWatches(ctx context.Context) bool {
-	started := false
-	if wt.q != nil && wt.queue == nil {
-		if wt.queue = wt.lease.watch(ctx, wt.q.filter); wt.queue != nil {
-			started = true
-		}
+// onAheadEntry follows the ticket ahead: its renewals, and its end. A
+// ticket that left as first leaves this waiter first; one that left
+// otherwise, or expired, leaves it to look at the queue again.
+func (wt *waiting) onAheadEntry(ctx context.Context, e jetstream.KeyValueEntry) {
+	switch {
+	case e == nil && wt.sawEntry:
+		return // the end of the initial values
+	case e == nil:
+		wt.relocate(ctx) // gone before the watch began
+	case e.Operation() == jetstream.KeyValuePut:
+		wt.sawEntry = true
+		wt.aheadSeen = time.Now()
+		wt.poll.Reset(pollInterval(wt.lease.TTL()))
+	case bytes.Equal(e.Value(), leftFirst):
+		wt.follow(ctx, "")
+	default:
+		wt.relocate(ctx)
 	}
-	if wt.key == nil && (wt.q == nil || wt.queueKnown && wt.q.first(time.Now())) {
-		if wt.key = wt.lease.watch(ctx, wt.lease.cfg.Key); wt.key != nil {
-			wt.sawEntry = false
-			started = true
-		}
-	}
-	return started
 }
 
-// followQueue watches the key once this waiter's ticket is the oldest,
-// and stops watching it if the ticket is no longer (it expired and the
-// waiter joined again at the back).
-func (wt *waiting) followQueue(ctx context.Context) {
-	if !wt.queueKnown {
-		return // the tickets are not all known yet
+// locate finds the ticket right ahead of this waiter's and follows it,
+// or the key if there is none. A queue that cannot be listed leaves the
+// waiter watching the key, as if first: the revision check still decides.
+func (wt *waiting) locate(ctx context.Context) {
+	t, found, err := wt.q.ahead(ctx)
+	if err != nil {
+		wt.lease.logger.Debug("natskvlease: cannot list the waiter queue; watching the key", "error", err)
 	}
-	switch first := wt.q.first(time.Now()); {
-	case first && wt.key == nil:
-		if wt.key = wt.lease.watch(ctx, wt.lease.cfg.Key); wt.key != nil {
-			wt.sawEntry = false
-		}
-	case !first && wt.key != nil:
-		go wt.key.stop()
-		wt.key = nil
+	if !found {
+		t.key = ""
 	}
+	wt.follow(ctx, t.key)
+}
+
+// relocate looks at the queue anew, after the ticket ahead left or went
+// quiet.
+func (wt *waiting) relocate(ctx context.Context) {
+	if ctx.Err() == nil {
+		wt.locate(ctx)
+	}
+}
+
+// follow watches the ticket ahead (or, for "", the key) from now on,
+// ending the watch it replaces.
+func (wt *waiting) follow(ctx context.Context, ahead string) {
+	if wt.w != nil {
+		go wt.w.stop()
+		wt.w = nil
+	}
+	wt.ahead, wt.aheadSeen, wt.sawEntry = ahead, time.Now(), false
+	wt.w = wt.startWatch(ctx)
+	wt.poll.Reset(pollInterval(wt.lease.TTL()))
+	if wt.w == nil {
+		wt.poll.Reset(0)
+	}
+}
+
+// startWatch starts the watch of the ticket ahead, or of the key.
+func (wt *waiting) startWatch(ctx context.Context) *keyWatch {
+	wt.sawEntry = false
+	if wt.ahead != "" {
+		return wt.lease.watch(ctx, wt.ahead)
+	}
+	return wt.lease.watch(ctx, wt.lease.cfg.Key)
+}
+
+// aheadStale reports whether the ticket ahead has outlived its TTL
+// unseen.
+func (wt *waiting) aheadStale(now time.Time) bool {
+	return wt.ahead != "" && ticketGone(wt.aheadSeen, now, wt.lease.TTL())
 }
 
 // scheduleDuty sets the duty timer for the ticket's next renewal, or
 // sooner for a ticket ahead that may expire unseen.
 func (wt *waiting) scheduleDuty() {
-	if wt.q == nil {
-		return
-	}
 	due := wt.q.renewDue()
-	if stale := wt.q.staleIn(time.Now()); stale > 0 {
-		due = min(due, stale)
+	if wt.ahead != "" {
+		due = min(due, max(time.Until(wt.aheadSeen.Add(ticketLife(wt.lease.TTL()))), 0))
 	}
 	wt.duty.Reset(due)
 }
 
-// end stops the watches and leaves the queue, in the background:
-// deleting consumers and purging the ticket are round trips the caller,
-// who holds the lease now or has given up, need not wait for.
+// end stops the watch and leaves the queue, in the background: deleting
+// a consumer and purging the ticket are round trips the caller, who
+// holds the lease now or has given up, need not wait for.
 func (wt *waiting) end() {
 	wt.poll.Stop()
 	if wt.duty != nil {
 		wt.duty.Stop()
 	}
-	if wt.key != nil {
-		go wt.key.stop()
-	}
-	if wt.queue != nil {
-		go wt.queue.stop()
+	if wt.w != nil {
+		go wt.w.stop()
 	}
 	if wt.q != nil {
-		go wt.q.leave()
+		go wt.q.leave(wt.ahead == "")
 	}
 }
 

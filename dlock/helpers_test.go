@@ -105,6 +105,6 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// waitingWatches is how many consumers a lone waiting Lock keeps: a watch
-// on the key's waiter queue, and, being first in it, one on the key.
-const waitingWatches = 2
+// waitingWatches is how many consumers a lone waiting Lock keeps: being
+// first in the key's waiter queue, a watch on the key, and nothing else.
+const waitingWatches = 1
