@@ -472,3 +472,57 @@ func TestWaitingCandidateEndsOnClosedConnection(t *testing.T) {
 		t.Fatalf("waiting candidate's Run: %v, want ErrConnectionClosed", err)
 	}
 }
+
+// TestCandidatesWatchOnlyWhatTheyNeed: a release reaches one waiting
+// candidate's watch, not all of them. Candidates that only campaign keep
+// one watch each while they wait (the first one's on the key, the
+// others' on the queue ticket ahead of their own) and the leader none;
+// an OnNewLeader callback adds a watch of the key to each candidate that
+// has one, the leader included.
+func TestCandidatesWatchOnlyWhatTheyNeed(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		onNew     bool
+		wantWatch int
+	}{
+		{"campaign only", false, 3},
+		{"with OnNewLeader", true, 3 + 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := newEnv(t)
+			a := newArena(t)
+			callbacks := func(name string) leadelect.Callbacks {
+				cb := a.callbacks(name)
+				if c.onNew {
+					cb.OnNewLeader = func(string) {}
+				}
+				return cb
+			}
+			lead, _ := v.candidate(v.slowPollConfig("leader"))
+			run(t, lead, callbacks("leader"))
+			a.next()
+			for i := range 3 {
+				e, _ := v.candidate(v.slowPollConfig(fmt.Sprintf("c%d", i)))
+				run(t, e, callbacks(fmt.Sprintf("c%d", i)))
+			}
+			_, js := v.srv.JetStream()
+			consumers := func() int {
+				s, err := js.Stream(natstest.Context(t), "KV_"+v.bucket)
+				if err != nil {
+					t.Fatal(err)
+				}
+				info, err := s.Info(natstest.Context(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return info.State.Consumers
+			}
+			natstest.Eventually(t, waitTimeout, fmt.Sprintf("%d watches", c.wantWatch), func() bool { return consumers() == c.wantWatch })
+			for i := range 10 { // and no more come
+				if n := consumers(); n != c.wantWatch {
+					t.Fatalf("check %d: %d watches, want %d", i, n, c.wantWatch)
+				}
+			}
+		})
+	}
+}

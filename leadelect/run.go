@@ -81,12 +81,17 @@ func (e *Election) Run(ctx context.Context, cb Callbacks) error {
 		return err
 	}
 	runCtx, cancel := context.WithCancelCause(ctx)
-	f := newFollower(e.bucket.open, e.cfg.Key, e.js.Conn(), e.logger)
-	f.self = e.nonce
-	f.onClosed = func() { cancel(errConnClosed) }
 	var wg sync.WaitGroup
-	wg.Go(func() { f.run(runCtx) })
-	wg.Go(func() { e.notifyLeaders(runCtx, f.out, cb.OnNewLeader) })
+	var f *follower
+	if cb.OnNewLeader != nil || e.cfg.Metrics != nil {
+		// Someone listens for new leaders: follow the key all along. (A
+		// candidate that only campaigns keeps no watch of its own: its
+		// lease watches what it waits for, and a release reaches one
+		// waiter, not every candidate.)
+		f = e.newFollower(cancel)
+		wg.Go(func() { f.run(runCtx) })
+		wg.Go(func() { e.notifyLeaders(runCtx, f.out, cb.OnNewLeader) })
+	}
 	err = e.campaign(runCtx, lease, f, cb)
 	cancel(nil)
 	wg.Wait()
@@ -135,6 +140,34 @@ func (e *Election) openRetrying(ctx context.Context) (*natskvlease.Lease, error)
 	}
 }
 
+// newFollower returns a follower of the election's key that cancels
+// with errConnClosed when it finds the connection closed.
+func (e *Election) newFollower(cancel context.CancelCauseFunc) *follower {
+	f := newFollower(e.bucket.open, e.cfg.Key, e.js.Conn(), e.logger)
+	f.self = e.nonce
+	f.onClosed = func() { cancel(errConnClosed) }
+	return f
+}
+
+// waitOther waits, after a resignation, until another candidate has led
+// or a TTL has passed. With no follower running, it follows the key for
+// as long as it waits.
+func (e *Election) waitOther(ctx context.Context, f *follower, token, released uint64) {
+	if f == nil {
+		wctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		f = e.newFollower(cancel)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f.run(wctx)
+		}()
+		defer func() { cancel(nil); <-done }()
+		ctx = wctx
+	}
+	f.waitOther(ctx, token, released, e.cfg.TTL)
+}
+
 // campaign alternates waiting for the key and leading, until ctx ends.
 func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *follower, cb Callbacks) error {
 	for {
@@ -151,7 +184,7 @@ func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *fo
 		if resigned {
 			// Give the others a chance: campaign again once one of them
 			// has led, or after a TTL if none does.
-			f.waitOther(ctx, token, lease.Revision(), e.cfg.TTL)
+			e.waitOther(ctx, f, token, lease.Revision())
 		}
 	}
 }
@@ -168,6 +201,7 @@ func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error 
 	for {
 		roundCtx, cancel := context.WithTimeout(ctx, e.cfg.TTL)
 		err := lease.AcquireWait(roundCtx)
+		roundEnded := roundCtx.Err() != nil // read before cancel ends it
 		cancel()
 		switch {
 		case err == nil:
@@ -176,7 +210,7 @@ func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error 
 			// An acquisition cut short with its write in flight has
 			// already purged that write (Lease.AcquireWait does).
 			return ctx.Err()
-		case roundCtx.Err() == nil:
+		case !roundEnded:
 			return err // an error AcquireWait deems final
 		}
 	}
