@@ -31,7 +31,9 @@ type Callbacks struct {
 	OnStoppedLeading func()
 	// OnNewLeader is called with the leader's ID whenever a new term
 	// begins, this candidate's own included, as the key's watch reports
-	// it. Calls come one at a time, in order, from a goroutine Run starts
+	// it. Setting it (or Config.Metrics) gives the candidate a watch of
+	// the key for as long as Run runs; a candidate with neither watches
+	// only what it waits for. Calls come one at a time, in order, from a goroutine Run starts
 	// for them and waits for before returning; their timing relative to
 	// the other callbacks is not defined. A call that is slow makes the
 	// ones after it coalesce as Observe's values do.
@@ -149,11 +151,23 @@ func (e *Election) newFollower(cancel context.CancelCauseFunc) *follower {
 	return f
 }
 
+// resignSettle is how long a resigned candidate with no follower running
+// waits before it starts one: the next leader's acquisition is a round
+// trip or two away, and creating a watch's consumer meanwhile competes
+// with it on the server (it made the handoff's write three times slower
+// on two CPUs). Its first entry is the key's latest state, so nothing
+// that decides waitOther is missed.
+const resignSettle = 10 * time.Millisecond
+
 // waitOther waits, after a resignation, until another candidate has led
 // or a TTL has passed. With no follower running, it follows the key for
-// as long as it waits.
+// as long as it waits, from resignSettle on.
 func (e *Election) waitOther(ctx context.Context, f *follower, token, released uint64) {
+	start := time.Now()
 	if f == nil {
+		if !wait.Sleep(ctx, resignSettle) {
+			return
+		}
 		wctx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
 		f = e.newFollower(cancel)
@@ -165,7 +179,7 @@ func (e *Election) waitOther(ctx context.Context, f *follower, token, released u
 		defer func() { cancel(nil); <-done }()
 		ctx = wctx
 	}
-	f.waitOther(ctx, token, released, e.cfg.TTL)
+	f.waitOther(ctx, token, released, e.cfg.TTL-time.Since(start))
 }
 
 // campaign alternates waiting for the key and leading, until ctx ends.

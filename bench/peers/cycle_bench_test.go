@@ -86,7 +86,11 @@ func etcdSession(tb testing.TB, s *servers, sys string, ttl time.Duration) (*cli
 //     waiting machinery), on one Lease that knows the vacancy its last
 //     Release left (one write to acquire);
 //   - fresh-lease: the same with a new Lease each cycle, which reads the
-//     key before it writes, as dlock's Lock does;
+//     key before it writes, in a bucket of its own;
+//   - busy-lease: the lease cycle on a key of the fresh-lease's bucket,
+//     whose writes fall between its own: each holding is crowded (see
+//     the README's waiter queue), so each relock first lists the key's
+//     waiter queue, one more round trip;
 //   - etcd-fsync, etcd-nofsync: concurrency.NewMutex(...).Lock + Unlock,
 //     on a session created once, as etcd's users hold it.
 func BenchmarkLockCycle(b *testing.B) {
@@ -100,6 +104,8 @@ func BenchmarkLockCycle(b *testing.B) {
 	defer func() { _ = locks.Close(context.Background()) }()
 	kv := newBucket(b, s.nats.url(), "cycle_lease", cycleTTL)
 	l := natskvlease.NewLease(kv, natskvlease.LeaseConfig{Key: "lease", TTL: cycleTTL, Value: holderValue("lease")})
+	freshKV := newBucket(b, s.nats.url(), "cycle_fresh", cycleTTL)
+	busy := natskvlease.NewLease(freshKV, natskvlease.LeaseConfig{Key: "busy", TTL: cycleTTL, Value: holderValue("busy")})
 
 	ops := []namedOp{
 		{"dlock", func() {
@@ -122,12 +128,20 @@ func BenchmarkLockCycle(b *testing.B) {
 		{"fresh-lease", func() {
 			// A new Lease each cycle, as dlock takes one per Lock: it
 			// knows nothing of the key, so it reads before it writes.
-			fl := natskvlease.NewLease(kv, natskvlease.LeaseConfig{Key: "fresh", TTL: cycleTTL, Value: holderValue("fresh")})
+			fl := natskvlease.NewLease(freshKV, natskvlease.LeaseConfig{Key: "fresh", TTL: cycleTTL, Value: holderValue("fresh")})
 			if ok, err := fl.Acquire(ctx); !ok || err != nil {
 				b.Fatalf("fresh Acquire = %v, %v", ok, err)
 			}
 			if err := fl.Release(ctx); err != nil {
 				b.Fatalf("fresh Release: %v", err)
+			}
+		}},
+		{"busy-lease", func() {
+			if ok, err := busy.Acquire(ctx); !ok || err != nil {
+				b.Fatalf("busy Acquire = %v, %v", ok, err)
+			}
+			if err := busy.Release(ctx); err != nil {
+				b.Fatalf("busy Release: %v", err)
 			}
 		}},
 	}

@@ -42,8 +42,9 @@ type crowd struct {
 	handoffs []time.Duration
 }
 
-// contend is one contender's attempt: block until it holds the key.
-type contend func(ctx context.Context) (release func(context.Context) error, err error)
+// contend is one contender's attempt: block until it holds the key. It
+// returns when it began to hold, or the zero time for "on return".
+type contend func(ctx context.Context) (release func(context.Context) error, at time.Time, err error)
 
 // newCrowd starts contenders[0], waits until it holds the key, then
 // starts the others and lets them settle.
@@ -58,8 +59,10 @@ func newCrowd(b *testing.B, name string, contenders []contend, settle time.Durat
 		c.rejoin = append(c.rejoin, rejoin)
 		c.wg.Go(func() {
 			for {
-				release, err := try(ctx)
-				at := time.Now()
+				release, at, err := try(ctx)
+				if at.IsZero() {
+					at = time.Now()
+				}
 				if err != nil {
 					return // the benchmark ended
 				}
@@ -200,12 +203,12 @@ func dlockContenders(b *testing.B, s *servers, bucket string, n, conns int) []co
 	out := make([]contend, n)
 	for i := range out {
 		c := clients[i%len(clients)]
-		out[i] = func(ctx context.Context) (func(context.Context) error, error) {
+		out[i] = func(ctx context.Context) (func(context.Context) error, time.Time, error) {
 			l, err := c.Lock(ctx, "leader")
 			if err != nil {
-				return nil, err
+				return nil, time.Time{}, err
 			}
-			return l.Unlock, nil
+			return l.Unlock, time.Time{}, nil
 		}
 	}
 	return out
@@ -241,12 +244,12 @@ func etcdSessions(b *testing.B, s *servers, sys string, n, conns int) []*concurr
 func etcdMutexContenders(b *testing.B, s *servers, sys, pfx string, n, conns int) []contend {
 	out := make([]contend, n)
 	for i, sess := range etcdSessions(b, s, sys, n, conns) {
-		out[i] = func(ctx context.Context) (func(context.Context) error, error) {
+		out[i] = func(ctx context.Context) (func(context.Context) error, time.Time, error) {
 			m := concurrency.NewMutex(sess, pfx)
 			if err := m.Lock(ctx); err != nil {
-				return nil, err
+				return nil, time.Time{}, err
 			}
-			return m.Unlock, nil
+			return m.Unlock, time.Time{}, nil
 		}
 	}
 	return out
@@ -270,12 +273,12 @@ func BenchmarkElection(b *testing.B) {
 			for _, sys := range etcdSystems {
 				var cs []contend
 				for _, sess := range etcdSessions(b, s, sys, n, n) {
-					cs = append(cs, func(ctx context.Context) (func(context.Context) error, error) {
+					cs = append(cs, func(ctx context.Context) (func(context.Context) error, time.Time, error) {
 						e := concurrency.NewElection(sess, "/"+key)
 						if err := e.Campaign(ctx, "candidate"); err != nil {
-							return nil, err
+							return nil, time.Time{}, err
 						}
-						return e.Resign, nil
+						return e.Resign, time.Time{}, nil
 					})
 				}
 				crowds = append(crowds, newCrowd(b, sys, cs, settleFor(n)))
@@ -299,7 +302,7 @@ func leadelectContenders(b *testing.B, s *servers, key string, n int) []contend 
 		}
 		terms := make(chan time.Time, 1)
 		var once sync.Once
-		out[i] = func(ctx context.Context) (func(context.Context) error, error) {
+		out[i] = func(ctx context.Context) (func(context.Context) error, time.Time, error) {
 			once.Do(func() {
 				go func() {
 					_ = e.Run(ctx, leadelect.Callbacks{OnStartedLeading: func(lctx context.Context) {
@@ -309,10 +312,10 @@ func leadelectContenders(b *testing.B, s *servers, key string, n int) []contend 
 				}()
 			})
 			select {
-			case <-terms:
-				return e.Resign, nil
+			case at := <-terms: // when OnStartedLeading was called
+				return e.Resign, at, nil
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, time.Time{}, ctx.Err()
 			}
 		}
 	}
