@@ -8,9 +8,10 @@ import (
 )
 
 // Acquire tries once to acquire the lease and reports whether it holds
-// it. It returns (false, nil) when another holder has the key, and also
-// right after this lease released it if others were queued for it
-// meanwhile (see AcquireWait): they go first. Transient
+// it. It returns (false, nil) when another holder has the key. Unlike
+// AcquireWait, it does not look at the waiter queue: right after a
+// release of this lease's, it may take the key back before the first
+// waiter, as sync.Mutex's TryLock may. Transient
 // errors are retried briefly; a write whose answer was lost is resolved
 // by reading the key back. Acquire on a held lease renews it.
 //
@@ -87,10 +88,6 @@ func (l *Lease) acquireLocked(ctx context.Context, watched bool) (acquired bool,
 	// holder seen earlier may have gone since.
 	snap, known := l.lastSeen()
 	known = known && snap.vacant && snap.revKnown
-	if known && l.yieldToQueue(ctx, snap.rev) {
-		l.logger.Debug("natskvlease: the key goes first to the waiters that queued while this lease held it", "key", l.cfg.Key)
-		return false, nil
-	}
 	var lastErr error
 	for attempt := uint(1); attempt <= 2*l.retry.MaxRetries; attempt++ {
 		if !known {

@@ -18,8 +18,9 @@ type holding struct {
 	deadline time.Time
 	// crowded: another write reached the stream between this holding's
 	// own writes, or before its first one on the vacancy it was written
-	// on (see yieldToQueue).
+	// on (see yieldsToQueue).
 	crowded bool
+	on      uint64          // the revision of the vacancy the holding was written on
 	ctx     context.Context // cancelled, with a cause, when the holding ends
 	cancel  context.CancelCauseFunc
 }
@@ -93,6 +94,7 @@ func (l *Lease) becomeHolder(rev, on uint64, sentAt time.Time) {
 		sentAt:   sentAt,
 		deadline: safetyDeadline(sentAt, l.ttl),
 		crowded:  rev != on+1,
+		on:       on,
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -131,9 +133,9 @@ func (l *Lease) lose(gen uint64, cause error) {
 }
 
 // endForRelease ends the holding as released and returns the revision
-// to purge (0: nothing of ours may be on the server), and whether the
-// holding was crowded.
-func (l *Lease) endForRelease() (rev uint64, wasHeld, crowded bool) {
+// to purge (0: nothing of ours may be on the server), and what the
+// holding was.
+func (l *Lease) endForRelease() (rev uint64, wasHeld bool, h holding) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.h.held && !l.h.liveAt(time.Now()) {
@@ -143,8 +145,9 @@ func (l *Lease) endForRelease() (rev uint64, wasHeld, crowded bool) {
 	if wasHeld {
 		l.endLocked(true, errReleased)
 	}
+	h = l.h
 	rev, l.h.rev = l.h.rev, 0
-	return rev, wasHeld, l.h.crowded
+	return rev, wasHeld, h
 }
 
 // endLocked ends the current holding; the one place where a holding ends,

@@ -53,7 +53,7 @@ type Lease struct {
 	// is not counted as another waiter's.
 	ownTicket string
 	// released is the latest release, for the acquisition that follows
-	// it (see yieldToQueue).
+	// it (see yieldsToQueue).
 	released releasedState
 }
 

@@ -264,7 +264,7 @@ func TestLeaseOneRoundTripPerOperation(t *testing.T) {
 			t.Fatalf("%s: %v", op, err)
 		}
 		// A plain publish: a write to the stream would make the holding
-		// crowded (see yieldToQueue) and its relock list the queue.
+		// crowded (see yieldsToQueue) and its relock list the queue.
 		if err := nc.Publish(sentinel, []byte(op)); err != nil {
 			t.Fatal(err)
 		}

@@ -274,53 +274,73 @@ type multiLastRequest struct {
 
 // A holder does not watch the queue, and a release frees the key for
 // the first waiter, who learns of it from its watch. Were the releaser
-// to try again at once, it would write on its own release marker one
+// to wait again at once, it would write on its own release marker one
 // round trip ahead of that waiter and win every time: waiters would
-// starve behind a holder that unlocks and locks in a loop. So an
-// acquisition on the marker of this lease's own release first lists the
-// queue, and goes behind the waiters it finds: it reports the key taken,
-// and AcquireWait takes a place at the back of the queue.
+// starve behind a holder that unlocks and locks in a loop. So
+// AcquireWait, about to write on the marker of this lease's own
+// release, may first look at the queue, and go behind the waiters it
+// finds.
 //
-// That listing is a round trip, and uncontended relocks should stay one
-// write. It is made only if the released holding was crowded: another
-// write reached the bucket's stream between the holding's own writes
-// (each revision is a stream sequence, so a gap shows it). A waiter that
-// queued while the key was held wrote its ticket then, and a first
-// waiter that loses the race for a vacancy writes its ticket again at
-// once, so that the holding that beat it is crowded. A holder that
-// relocks in a tight loop so gets the key back at most once more before
-// the first waiter has it.
+// An uncontended relock must stay one write, so the look is taken in
+// steps, each only if the one before says it might matter:
+//
+//  1. Was the holding crowded? Another write reached the bucket's stream
+//     between its own writes, or between the vacancy it was written on
+//     and its first: a gap in revisions, which are stream sequences,
+//     shows it at no cost. In a bucket of its own, an uncontended relock
+//     stops here.
+//  2. Was a ticket of this key written since that vacancy? One read
+//     with one reply: the sequence of the latest message on the key's
+//     tickets. In a bucket that other keys write to, a relock with no
+//     one queued stops here, one round trip later.
+//  3. Is another waiter's ticket live? Only then is the queue listed.
+//
+// A waiter that queues while the key is held writes its ticket then; a
+// first waiter beaten to a vacancy writes its ticket again at once, so
+// that the holding that beat it passes steps 1 and 2. A holder that
+// relocks in a tight loop so gets the key back at most twice before the
+// first waiter has it.
 
 // releasedState is the latest release, for the acquisition after it.
 type releasedState struct {
 	rev     uint64 // the release's marker: the vacancy it made
-	crowded bool   // other writes reached the stream during the holding
+	crowded bool   // step 1
+	on      uint64 // the vacancy the released holding was written on
 }
 
-// noteRelease records a release's marker, and whether the holding it
-// ended was crowded.
-func (l *Lease) noteRelease(rev uint64, crowded bool) {
+// latestTicket reads the sequence of the latest message on the key's
+// tickets, 0 for none.
+func (l *Lease) latestTicket(ctx context.Context) (uint64, error) {
+	s, err := l.ops.leaderGet(ctx, queueFilter(l.cfg.Key))
+	return s.rev, err
+}
+
+// noteRelease records a release, for the next acquisition.
+func (l *Lease) noteRelease(r releasedState) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.released = releasedState{rev: rev, crowded: crowded}
+	l.released = r
 }
 
-// yieldToQueue reports whether an acquisition about to write on the
-// vacancy at rev should go behind queued waiters instead: rev is the
-// marker of this lease's own release of a crowded holding, and another
-// waiter's ticket is live. It answers once per release. A listing that
-// fails lets the acquisition go ahead: the queue is about order, not
-// safety.
-func (l *Lease) yieldToQueue(ctx context.Context, rev uint64) bool {
+// yieldsToQueue reports whether AcquireWait should take a place in the
+// queue at once instead of trying first: the key is vacant at this
+// lease's own release marker, and steps 1 to 3 above find another
+// waiter's live ticket. It answers once per release. A read that fails
+// lets the acquisition go ahead: the queue is about order, not safety.
+func (l *Lease) yieldsToQueue(ctx context.Context) bool {
+	snap, known := l.lastSeen()
 	l.mu.Lock()
 	r, own := l.released, l.ownTicket
 	l.released = releasedState{}
 	l.mu.Unlock()
-	if !r.crowded || r.rev != rev || !l.canQueue() {
-		return false
+	if !known || !snap.vacant || !snap.revKnown || snap.rev != r.rev || !r.crowded || !l.canQueue() {
+		return false // step 1
 	}
 	actx, cancel := context.WithTimeout(ctx, l.attemptTimeout())
 	defer cancel()
+	if latest, err := l.latestTicket(actx); err == nil && latest <= r.on {
+		return false // step 2: no ticket written since the holding's vacancy
+	}
 	waiters := false
 	err := l.ops.lastPerSubject(actx, queueFilter(l.cfg.Key), func(m *nats.Msg) bool {
 		t, ok := ticketOf(m, l.ops.subj.stored)
@@ -330,5 +350,8 @@ func (l *Lease) yieldToQueue(ctx context.Context, rev uint64) bool {
 	if err != nil {
 		l.logger.Debug("natskvlease: cannot list the waiter queue; acquiring without it", "error", err)
 	}
-	return waiters
+	if waiters {
+		l.logger.Debug("natskvlease: the key goes first to the waiters that queued while this lease held it", "key", l.cfg.Key)
+	}
+	return waiters // step 3
 }

@@ -55,6 +55,20 @@ func startWaiter(t *testing.T, srv *natstest.Server, bucket, key, name string, t
 	return w
 }
 
+// startSlowWaiter is startWaiter through a fault proxy, which delays
+// its traffic by delay once its ticket is written: it is always the
+// slower in a race for a vacancy.
+func startSlowWaiter(t *testing.T, srv *natstest.Server, js jetstream.JetStream, bucket, key, name string, ttl, delay time.Duration, ctx context.Context) *waiter {
+	t.Helper()
+	before := liveTickets(t, js, bucket, key)
+	l, p := faultyLease(t, srv, bucket, LeaseConfig{Key: key, Value: []byte(name), TTL: ttl})
+	w := &waiter{name: name, lease: l, done: make(chan error, 1)}
+	go func() { w.done <- w.lease.AcquireWait(ctx) }()
+	natstest.Eventually(t, 5*time.Second, name+"'s ticket", func() bool { return liveTickets(t, js, bucket, key) == before+1 })
+	p.SetDelay(delay)
+	return w
+}
+
 // nextHolder waits for the next of ws whose AcquireWait returns, and
 // fails the test on an error or if none does within 10s.
 func nextHolder(t *testing.T, ws []*waiter) *waiter {
@@ -371,7 +385,10 @@ func TestQueueReleaserGoesBehindWaiters(t *testing.T) {
 	mustAcquire(t, looper)
 	const n = 3
 	ws := make([]*waiter, n)
-	for i := range ws {
+	// The first waiter's traffic is delayed, so that it would lose every
+	// race to a releaser that wrote at once.
+	ws[0] = startSlowWaiter(t, srv, js, kv.Bucket(), "job", "w0", 30*time.Second, 20*time.Millisecond, ctx)
+	for i := 1; i < n; i++ {
 		ws[i] = startWaiter(t, srv, kv.Bucket(), "job", fmt.Sprintf("w%d", i), 30*time.Second, ctx)
 		natstest.Eventually(t, 5*time.Second, fmt.Sprintf("w%d's ticket", i), func() bool { return liveTickets(t, js, kv.Bucket(), "job") == i+1 })
 	}
@@ -454,8 +471,9 @@ func TestQueueTightLoopYields(t *testing.T) {
 		}
 	}()
 	natstest.Eventually(t, 5*time.Second, "a few loops", func() bool { return releases.Load() >= 3 })
-	w := startWaiter(t, srv, kv.Bucket(), "job", "w", 30*time.Second, ctx)
-	natstest.Eventually(t, 5*time.Second, "w's ticket", func() bool { return liveTickets(t, js, kv.Bucket(), "job") >= 1 })
+	// The waiter's traffic is delayed, so that it loses every race for a
+	// vacancy to the loop, which relocks within a millisecond.
+	w := startSlowWaiter(t, srv, js, kv.Bucket(), "job", "w", 30*time.Second, 20*time.Millisecond, ctx)
 	queued := releases.Load()
 	select {
 	case err := <-w.done:
@@ -466,8 +484,8 @@ func TestQueueTightLoopYields(t *testing.T) {
 		t.Fatalf("the waiter still waits after %d releases of the loop", releases.Load()-queued)
 	}
 	// The loop is now in AcquireWait, behind the waiter.
-	if n := releases.Load() - queued; n > 2 {
-		t.Fatalf("the waiter held the key after %d releases of the loop since it queued; want at most 2", n)
+	if n := releases.Load() - queued; n > 3 {
+		t.Fatalf("the waiter held the key after %d releases of the loop since its ticket was written; want at most 3 (two, and one the loop may have begun)", n)
 	}
 	if looper.IsHeld() {
 		t.Fatal("the loop holds the key while the waiter does")
@@ -483,5 +501,41 @@ func TestQueueTightLoopYields(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the loop did not get the key back after the waiter")
+	}
+}
+
+// latestTicket reads the sequence of the latest message on the key's
+// tickets, markers included, and of no other key's: 0 before any.
+func TestLatestTicket(t *testing.T) {
+	srv := natstest.Start(t)
+	_, kv := testBucket(t, srv, 10*time.Second)
+	ctx := natstest.Context(t)
+	l := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job", "a"))
+	other := NewLease(openBucket(t, srv, kv.Bucket()), leaseCfg("job2", "b"))
+	prepared(t, l)
+	prepared(t, other)
+	if seq, err := l.latestTicket(ctx); seq != 0 || err != nil {
+		t.Fatalf("no tickets: %d, %v; want 0", seq, err)
+	}
+	q, err := l.joinQueue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := l.latestTicket(ctx); seq != q.rev || err != nil {
+		t.Fatalf("after joining at %d: %d, %v", q.rev, seq, err)
+	}
+	if _, err := other.joinQueue(ctx); err != nil { // another key's ticket
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "job", []byte("x")); err != nil { // the key itself
+		t.Fatal(err)
+	}
+	if seq, err := l.latestTicket(ctx); seq != q.rev || err != nil {
+		t.Fatalf("after other keys' writes: %d, %v; want %d", seq, err, q.rev)
+	}
+	q.leave(true)
+	seq, err := l.latestTicket(ctx)
+	if seq <= q.rev || err != nil {
+		t.Fatalf("after leaving: %d, %v; want the purge's sequence, above %d", seq, err, q.rev)
 	}
 }

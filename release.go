@@ -33,13 +33,13 @@ func (l *Lease) release(ctx context.Context) (err error) {
 	}
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
-	rev, wasHeld, crowded := l.endForRelease()
+	rev, wasHeld, h := l.endForRelease()
 	if rev == 0 {
 		return ErrLeaseNotHeld
 	}
 	perr := l.purgeRevision(ctx, rev)
 	if snap, ok := l.lastSeen(); perr == nil && wasHeld && ok && snap.vacant && snap.revKnown {
-		l.noteRelease(snap.rev, crowded || snap.rev != rev+1)
+		l.noteRelease(releasedState{rev: snap.rev, crowded: h.crowded || snap.rev != rev+1, on: h.on})
 	}
 	switch {
 	case !wasHeld:

@@ -35,7 +35,11 @@ func (l *Lease) AcquireWait(ctx context.Context) error {
 	if l.cfgErr != nil {
 		return l.cfgErr
 	}
-	ok, err := l.acquire(ctx, false)
+	var ok bool
+	var err error
+	if !l.yieldsToQueue(ctx) {
+		ok, err = l.acquire(ctx, false)
+	}
 	switch {
 	case ok:
 		return nil
@@ -133,6 +137,13 @@ func (wt *waiting) run(ctx context.Context) error {
 				// been silent for half of one: look at the queue anew.
 				wt.relocate(ctx)
 				continue
+			} else {
+				// The key's watch has been silent for half a TTL, though
+				// a live holder renews more often: its holder is gone
+				// (its expiry is on the way) or the watch has stalled.
+				// Watch anew, and try meanwhile.
+				go wt.w.stop()
+				wt.w = wt.startWatch(ctx)
 			}
 			// The key's watch is silent, or a watch cannot be had (the
 			// attempt then says why, a closed connection for one): try.
@@ -159,7 +170,7 @@ func (wt *waiting) run(ctx context.Context) error {
 				// First, and beaten: write the ticket again now, so that
 				// the holding that beat this waiter is crowded and its
 				// holder, should it release and try again at once, goes
-				// behind the queue (see yieldToQueue).
+				// behind the queue (see yieldsToQueue).
 				if q.renew(ctx) {
 					wt.relocate(ctx)
 				}

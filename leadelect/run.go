@@ -203,31 +203,21 @@ func (e *Election) campaign(ctx context.Context, lease *natskvlease.Lease, f *fo
 	}
 }
 
-// acquire blocks until the lease is held or ctx ends. Each round of
-// AcquireWait is bounded by one TTL and then started afresh with a new
-// watch: AcquireWait re-creates a watch that ends only at its next poll
-// (half a TTL after the watch last showed life), so a stalled or ended
-// watch would otherwise slow a handoff to a poll.
+// acquire blocks until the lease is held or ctx ends. One AcquireWait
+// waits all along: it keeps the candidate's place in the waiter queue,
+// which a new AcquireWait would give up for a place at the back, and it
+// watches anew whenever its watch ends or falls silent.
 func (e *Election) acquire(ctx context.Context, lease *natskvlease.Lease) error {
 	if !lease.IsHeld() {
 		lease.UpdateValue(e.identity(time.Time{}, 0)) // a new term's first write
 	}
-	for {
-		roundCtx, cancel := context.WithTimeout(ctx, e.cfg.TTL)
-		err := lease.AcquireWait(roundCtx)
-		roundEnded := roundCtx.Err() != nil // read before cancel ends it
-		cancel()
-		switch {
-		case err == nil:
-			return nil
-		case ctx.Err() != nil:
-			// An acquisition cut short with its write in flight has
-			// already purged that write (Lease.AcquireWait does).
-			return ctx.Err()
-		case !roundEnded:
-			return err // an error AcquireWait deems final
-		}
+	err := lease.AcquireWait(ctx)
+	if err != nil && ctx.Err() != nil {
+		// An acquisition cut short with its write in flight has already
+		// purged that write (Lease.AcquireWait does).
+		return ctx.Err()
 	}
+	return err // nil, or an error AcquireWait deems final
 }
 
 // lead runs one term, from a held lease to its end, and returns its

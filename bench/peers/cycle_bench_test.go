@@ -87,10 +87,11 @@ func etcdSession(tb testing.TB, s *servers, sys string, ttl time.Duration) (*cli
 //     Release left (one write to acquire);
 //   - fresh-lease: the same with a new Lease each cycle, which reads the
 //     key before it writes, in a bucket of its own;
-//   - busy-lease: the lease cycle on a key of the fresh-lease's bucket,
-//     whose writes fall between its own: each holding is crowded (see
-//     the README's waiter queue), so each relock first lists the key's
-//     waiter queue, one more round trip;
+//   - busy-lease: Lease.AcquireWait + Release on a key of the
+//     fresh-lease's bucket, whose writes fall between its own: each
+//     holding is crowded (see the README's waiter queue), so each relock
+//     first reads the latest of the key's queue tickets, one more round
+//     trip (as dlock's Lock pays in a bucket other keys write to);
 //   - etcd-fsync, etcd-nofsync: concurrency.NewMutex(...).Lock + Unlock,
 //     on a session created once, as etcd's users hold it.
 func BenchmarkLockCycle(b *testing.B) {
@@ -137,8 +138,8 @@ func BenchmarkLockCycle(b *testing.B) {
 			}
 		}},
 		{"busy-lease", func() {
-			if ok, err := busy.Acquire(ctx); !ok || err != nil {
-				b.Fatalf("busy Acquire = %v, %v", ok, err)
+			if err := busy.AcquireWait(ctx); err != nil {
+				b.Fatalf("busy AcquireWait: %v", err)
 			}
 			if err := busy.Release(ctx); err != nil {
 				b.Fatalf("busy Release: %v", err)
