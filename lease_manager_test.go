@@ -89,15 +89,7 @@ func TestLeaseManagerContextEndReleases(t *testing.T) {
 // consumers counts the watchers (ordered consumers) on a bucket's stream.
 func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
 	t.Helper()
-	s, err := js.Stream(natstest.Context(t), "KV_"+bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(natstest.Context(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Consumers
+	return natstest.Consumers(t, js, bucket)
 }
 
 // TestLeaseManagerGracefulHandoff: a waiting manager is woken by the

@@ -59,15 +59,7 @@ func (e *env) client() (*dlock.Client, *nats.Conn) {
 func (e *env) consumers() int {
 	e.t.Helper()
 	_, js := e.srv.JetStream()
-	s, err := js.Stream(natstest.Context(e.t), "KV_"+e.bucket)
-	if err != nil {
-		e.t.Fatalf("stream: %v", err)
-	}
-	info, err := s.Info(natstest.Context(e.t))
-	if err != nil {
-		e.t.Fatalf("stream info: %v", err)
-	}
-	return info.State.Consumers
+	return natstest.Consumers(e.t, js, e.bucket)
 }
 
 // mustLock locks key or fails the test.

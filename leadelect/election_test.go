@@ -506,17 +506,7 @@ func TestCandidatesWatchOnlyWhatTheyNeed(t *testing.T) {
 				run(t, e, callbacks(fmt.Sprintf("c%d", i)))
 			}
 			_, js := v.srv.JetStream()
-			consumers := func() int {
-				s, err := js.Stream(natstest.Context(t), "KV_"+v.bucket)
-				if err != nil {
-					t.Fatal(err)
-				}
-				info, err := s.Info(natstest.Context(t))
-				if err != nil {
-					t.Fatal(err)
-				}
-				return info.State.Consumers
-			}
+			consumers := func() int { return natstest.Consumers(t, js, v.bucket) }
 			natstest.Eventually(t, waitTimeout, fmt.Sprintf("%d watches", c.wantWatch), func() bool { return consumers() == c.wantWatch })
 			for i := range 10 { // and no more come
 				if n := consumers(); n != c.wantWatch {

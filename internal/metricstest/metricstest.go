@@ -147,7 +147,7 @@ func Run(t *testing.T, m natskvlease.Metrics) []natskvlease.Event {
 	waited := make(chan error, 1)
 	go func() { waited <- b.AcquireWait(ctx) }()
 	// b, first in the queue, watches the key.
-	natstest.Eventually(t, waitTimeout, "b's watch", func() bool { return consumers(ctx, t, jsA, "metrics") == 1 })
+	natstest.Eventually(t, waitTimeout, "b's watch", func() bool { return consumers(t, jsA, "metrics") == 1 })
 	if err := a.Release(ctx); err != nil {
 		t.Fatalf("a.Release: %v", err)
 	}
@@ -238,15 +238,7 @@ func Run(t *testing.T, m natskvlease.Metrics) []natskvlease.Event {
 
 // consumers counts the consumers of bucket's stream: a waiter's watch
 // (of the ticket ahead of its own, or, once first, of the key) is one.
-func consumers(ctx context.Context, t *testing.T, js jetstream.JetStream, bucket string) int {
+func consumers(t *testing.T, js jetstream.JetStream, bucket string) int {
 	t.Helper()
-	s, err := js.Stream(ctx, "KV_"+bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Consumers
+	return natstest.Consumers(t, js, bucket)
 }

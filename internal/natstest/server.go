@@ -149,3 +149,18 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// Consumers counts the consumers of a KeyValue bucket's stream: each
+// watch of a waiter is one.
+func Consumers(t testing.TB, js jetstream.JetStream, bucket string) int {
+	t.Helper()
+	s, err := js.Stream(Context(t), "KV_"+bucket)
+	if err != nil {
+		t.Fatalf("stream of bucket %s: %v", bucket, err)
+	}
+	info, err := s.Info(Context(t))
+	if err != nil {
+		t.Fatalf("info of bucket %s's stream: %v", bucket, err)
+	}
+	return info.State.Consumers
+}
