@@ -33,7 +33,7 @@ const queuePrefix = "_waiting."
 
 // leftFirst is what the purge of a ticket carries when its waiter was
 // first in the queue: the waiter behind it is first now, without asking.
-var leftFirst = []byte("first")
+const leftFirst = "first"
 
 // departureTTL is how long the marker of a ticket that left stays: it
 // has told the watch behind it at once, and the queue's listings need
@@ -150,7 +150,7 @@ func (q *queue) leave(first bool) {
 	defer cancel()
 	var note []byte
 	if first {
-		note = leftFirst
+		note = []byte(leftFirst)
 	}
 	if _, err := l.ops.purgeNoting(ctx, q.key, q.rev, departureTTL, note); err != nil {
 		l.logger.Debug("natskvlease: leaving the queue; the ticket expires after its TTL", "error", err)

@@ -1,7 +1,6 @@
 package natskvlease
 
 import (
-	"bytes"
 	"context"
 	"math/rand/v2"
 	"time"
@@ -227,7 +226,7 @@ func (wt *waiting) onAheadEntry(ctx context.Context, e jetstream.KeyValueEntry) 
 		wt.sawEntry = true
 		wt.aheadSeen = time.Now()
 		wt.poll.Reset(pollInterval(wt.lease.TTL()))
-	case bytes.Equal(e.Value(), leftFirst):
+	case string(e.Value()) == leftFirst:
 		wt.follow(ctx, "")
 	default:
 		wt.relocate(ctx)
