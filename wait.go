@@ -2,9 +2,11 @@ package natskvlease
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -88,6 +90,20 @@ type waiting struct {
 
 func (wt *waiting) run(ctx context.Context) error {
 	l, q := wt.lease, wt.q
+	// A closed connection ends the wait at once. The watch's channel
+	// closes with the connection too, but not while nats.go is
+	// re-creating the watch's consumer (it does after missed
+	// heartbeats, as on a loaded machine), which left a waiter to find
+	// out at its next poll.
+	var closed chan nats.Status
+	if l.ops.js != nil {
+		nc := l.ops.js.Conn()
+		closed = nc.StatusChanged(nats.CLOSED)
+		defer nc.RemoveStatusListener(closed)
+		if nc.IsClosed() {
+			return l.closedWhileWaiting()
+		}
+	}
 	wt.duty = time.NewTimer(time.Hour)
 	wt.duty.Stop() // runs only while there is a ticket to renew
 	if q != nil {
@@ -98,6 +114,8 @@ func (wt *waiting) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-closed:
+			return l.closedWhileWaiting()
 		case <-wt.duty.C:
 			if q.renewDue() == 0 && q.renew(ctx) {
 				wt.relocate(ctx) // a new ticket, at the back
@@ -183,6 +201,12 @@ func (wt *waiting) run(ctx context.Context) error {
 		}
 		wt.poll.Reset(pollInterval(l.TTL()))
 	}
+}
+
+// closedWhileWaiting is AcquireWait's error for a connection closed for
+// good.
+func (l *Lease) closedWhileWaiting() error {
+	return fmt.Errorf("natskvlease: waiting for %q: %w", l.cfg.Key, nats.ErrConnectionClosed)
 }
 
 // onKeyEntry records an entry of the key's watch (nil: the end of its
