@@ -387,3 +387,51 @@ func permissionCause(nc *nats.Conn, subject string, err error) error {
 	}
 	return fmt.Errorf("%w: the server refused %q to this connection's user (%v); see the README's Permissions section", ErrPermissionDenied, subject, last)
 }
+
+// errTooManyToList: a listing matched more subjects than
+// the server returns at once.
+var errTooManyToList = errors.New("natskvlease: more subjects match than one listing returns")
+
+// lastPerSubject reads the last message of every subject of the bucket
+// that matches filter (a direct get with multi_last, nats-server 2.11 and
+// later), calling fn with each until fn returns false. No match is no
+// error.
+func (o *KVOps) lastPerSubject(ctx context.Context, filter string, fn func(*nats.Msg) bool) error {
+	nc := o.js.Conn()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, _ := json.Marshal(multiLastRequest{MultiLast: []string{o.subj.stored + filter}}) // plain fields: cannot fail
+	if err := nc.PublishRequest(o.subj.api+"DIRECT.GET."+o.subj.stream, inbox, req); err != nil {
+		return err
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return err
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+			if !fn(m) {
+				return nil
+			}
+		case "204", "404": // the end of the batch; no match at all
+			return nil
+		case "413":
+			return errTooManyToList
+		case "503":
+			return nats.ErrNoResponders
+		default:
+			return fmt.Errorf("natskvlease: listing %s: status %s %s", filter, status, m.Header.Get("Description"))
+		}
+	}
+}
+
+// multiLastRequest asks a direct get for the last message of every
+// subject that matches.
+type multiLastRequest struct {
+	MultiLast []string `json:"multi_last"`
+}

@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -171,14 +169,25 @@ func (q *queue) ahead(ctx context.Context) (ticket, bool, error) {
 	defer cancel()
 	var best ticket
 	found := false
-	err := l.ops.lastPerSubject(actx, queueFilter(l.cfg.Key), func(m *nats.Msg) bool {
-		t, ok := ticketOf(m, l.ops.subj.stored)
-		if ok && t.key != q.key && t.place < q.place && (!found || t.place > best.place) {
+	err := l.eachLiveTicket(actx, q.key, func(t ticket) bool {
+		if t.place < q.place && (!found || t.place > best.place) {
 			best, found = t, true
 		}
 		return true
 	})
 	return best, found, err
+}
+
+// eachLiveTicket lists the key's queue and calls fn with each live
+// ticket but own, until fn returns false.
+func (l *Lease) eachLiveTicket(ctx context.Context, own string, fn func(ticket) bool) error {
+	return l.ops.lastPerSubject(ctx, queueFilter(l.cfg.Key), func(m *nats.Msg) bool {
+		t, ok := ticketOf(m, l.ops.subj.stored)
+		if !ok || t.key == own {
+			return true
+		}
+		return fn(t)
+	})
 }
 
 // ticketOf reads a listed ticket: its key and place, if it is live
@@ -209,7 +218,12 @@ func ticketOf(m *nats.Msg, stored string) (ticket, bool) {
 // ticketGone reports whether a ticket last seen written at seen has
 // expired by now, unless renewed unseen.
 func ticketGone(seen, now time.Time, ttl time.Duration) bool {
-	return !now.Before(seen.Add(ticketLife(ttl)))
+	return !now.Before(ticketGoneAt(seen, ttl))
+}
+
+// ticketGoneAt is when ticketGone turns true.
+func ticketGoneAt(seen time.Time, ttl time.Duration) time.Time {
+	return seen.Add(ticketLife(ttl))
 }
 
 // ticketLife is how long after it was last seen written a ticket is
@@ -222,54 +236,6 @@ func ticketLife(ttl time.Duration) time.Duration {
 		ttl = DefaultBucketTTL
 	}
 	return ttl + ttl/10
-}
-
-// errTooManyTickets: a listing of the queue matched more tickets than
-// the server returns at once.
-var errTooManyTickets = errors.New("natskvlease: too many tickets to list")
-
-// lastPerSubject reads the last message of every subject of the bucket
-// that matches filter (a direct get with multi_last, nats-server 2.11 and
-// later), calling fn with each until fn returns false. No match is no
-// error.
-func (o *KVOps) lastPerSubject(ctx context.Context, filter string, fn func(*nats.Msg) bool) error {
-	nc := o.js.Conn()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	req, _ := json.Marshal(multiLastRequest{MultiLast: []string{o.subj.stored + filter}}) // plain fields: cannot fail
-	if err := nc.PublishRequest(o.subj.api+"DIRECT.GET."+o.subj.stream, inbox, req); err != nil {
-		return err
-	}
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return err
-		}
-		switch status := m.Header.Get("Status"); status {
-		case "":
-			if !fn(m) {
-				return nil
-			}
-		case "204", "404": // the end of the batch; no match at all
-			return nil
-		case "413":
-			return errTooManyTickets
-		case "503":
-			return nats.ErrNoResponders
-		default:
-			return fmt.Errorf("natskvlease: listing %s: status %s %s", filter, status, m.Header.Get("Description"))
-		}
-	}
-}
-
-// multiLastRequest asks a direct get for the last message of every
-// subject that matches.
-type multiLastRequest struct {
-	MultiLast []string `json:"multi_last"`
 }
 
 // A holder does not watch the queue, and a release frees the key for
@@ -342,10 +308,9 @@ func (l *Lease) yieldsToQueue(ctx context.Context) bool {
 		return false // step 2: no ticket written since the holding's vacancy
 	}
 	waiters := false
-	err := l.ops.lastPerSubject(actx, queueFilter(l.cfg.Key), func(m *nats.Msg) bool {
-		t, ok := ticketOf(m, l.ops.subj.stored)
-		waiters = ok && t.key != own
-		return !waiters
+	err := l.eachLiveTicket(actx, own, func(ticket) bool {
+		waiters = true
+		return false
 	})
 	if err != nil {
 		l.logger.Debug("natskvlease: cannot list the waiter queue; acquiring without it", "error", err)

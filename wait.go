@@ -118,9 +118,9 @@ func (wt *waiting) run(ctx context.Context) error {
 			return l.closedWhileWaiting()
 		case <-wt.duty.C:
 			if q.renewDue() == 0 && q.renew(ctx) {
-				wt.relocate(ctx) // a new ticket, at the back
+				wt.locate(ctx) // a new ticket, at the back
 			} else if wt.aheadStale(time.Now()) {
-				wt.relocate(ctx)
+				wt.locate(ctx)
 			}
 			wt.scheduleDuty()
 			continue
@@ -152,15 +152,14 @@ func (wt *waiting) run(ctx context.Context) error {
 			} else if wt.ahead != "" {
 				// The ticket ahead, renewed every third of a TTL, has
 				// been silent for half of one: look at the queue anew.
-				wt.relocate(ctx)
+				wt.locate(ctx)
 				continue
 			} else {
 				// The key's watch has been silent for half a TTL, though
 				// a live holder renews more often: its holder is gone
 				// (its expiry is on the way) or the watch has stalled.
 				// Watch anew, and try meanwhile.
-				go wt.w.stop()
-				wt.w = wt.startWatch(ctx)
+				wt.follow(ctx, "")
 			}
 			// The key's watch is silent, or a watch cannot be had (the
 			// attempt then says why, a closed connection for one): try.
@@ -189,7 +188,7 @@ func (wt *waiting) run(ctx context.Context) error {
 				// holder, should it release and try again at once, goes
 				// behind the queue (see yieldsToQueue).
 				if q.renew(ctx) {
-					wt.relocate(ctx)
+					wt.locate(ctx)
 				}
 				wt.scheduleDuty()
 			}
@@ -245,7 +244,7 @@ func (wt *waiting) onAheadEntry(ctx context.Context, e jetstream.KeyValueEntry) 
 	case e == nil && wt.sawEntry:
 		return // the end of the initial values
 	case e == nil:
-		wt.relocate(ctx) // gone before the watch began
+		wt.locate(ctx) // gone before the watch began
 	case e.Operation() == jetstream.KeyValuePut:
 		wt.sawEntry = true
 		wt.aheadSeen = time.Now()
@@ -253,7 +252,7 @@ func (wt *waiting) onAheadEntry(ctx context.Context, e jetstream.KeyValueEntry) 
 	case string(e.Value()) == leftFirst:
 		wt.follow(ctx, "")
 	default:
-		wt.relocate(ctx)
+		wt.locate(ctx)
 	}
 }
 
@@ -261,6 +260,9 @@ func (wt *waiting) onAheadEntry(ctx context.Context, e jetstream.KeyValueEntry) 
 // or the key if there is none. A queue that cannot be listed leaves the
 // waiter watching the key, as if first: the revision check still decides.
 func (wt *waiting) locate(ctx context.Context) {
+	if ctx.Err() != nil {
+		return // the loop returns; nothing to watch for
+	}
 	t, found, err := wt.q.ahead(ctx)
 	if err != nil {
 		wt.lease.logger.Debug("natskvlease: cannot list the waiter queue; watching the key", "error", err)
@@ -271,14 +273,6 @@ func (wt *waiting) locate(ctx context.Context) {
 	wt.follow(ctx, t.key)
 }
 
-// relocate looks at the queue anew, after the ticket ahead left or went
-// quiet.
-func (wt *waiting) relocate(ctx context.Context) {
-	if ctx.Err() == nil {
-		wt.locate(ctx)
-	}
-}
-
 // follow watches the ticket ahead (or, for "", the key) from now on,
 // ending the watch it replaces.
 func (wt *waiting) follow(ctx context.Context, ahead string) {
@@ -286,11 +280,11 @@ func (wt *waiting) follow(ctx context.Context, ahead string) {
 		go wt.w.stop()
 		wt.w = nil
 	}
-	wt.ahead, wt.aheadSeen, wt.sawEntry = ahead, time.Now(), false
-	wt.w = wt.startWatch(ctx)
-	wt.poll.Reset(pollInterval(wt.lease.TTL()))
-	if wt.w == nil {
-		wt.poll.Reset(0)
+	wt.ahead, wt.aheadSeen = ahead, time.Now()
+	if wt.w = wt.startWatch(ctx); wt.w != nil {
+		wt.poll.Reset(pollInterval(wt.lease.TTL()))
+	} else {
+		wt.poll.Reset(0) // poll, and watch when it can
 	}
 }
 
@@ -314,7 +308,7 @@ func (wt *waiting) aheadStale(now time.Time) bool {
 func (wt *waiting) scheduleDuty() {
 	due := wt.q.renewDue()
 	if wt.ahead != "" {
-		due = min(due, max(time.Until(wt.aheadSeen.Add(ticketLife(wt.lease.TTL()))), 0))
+		due = min(due, max(time.Until(ticketGoneAt(wt.aheadSeen, wt.lease.TTL())), 0))
 	}
 	wt.duty.Reset(due)
 }

@@ -33,6 +33,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/internal/buckets"
 )
 
 // Attribute keys.
@@ -48,12 +49,12 @@ const (
 var (
 	// DurationBuckets suit one round trip to a NATS server, and a
 	// handoff seen by a waiter.
-	DurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	DurationBuckets = buckets.Duration()
 	// MarginBuckets suit the time left on a lease's safety deadline (nine
 	// tenths of a TTL of seconds to a minute) when a renewal lands.
-	MarginBuckets = []float64{.05, .1, .25, .5, 1, 2, 3, 5, 7.5, 10, 20, 30, 60}
+	MarginBuckets = buckets.Margin()
 	// TermBuckets suit how long a leader leads: seconds to a day.
-	TermBuckets = []float64{1, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600}
+	TermBuckets = buckets.Term()
 )
 
 // Option configures New.

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natskvlease/natskvlease"
+	"github.com/natskvlease/natskvlease/internal/buckets"
 )
 
 // DefaultNamespace prefixes every metric's name unless WithNamespace
@@ -37,12 +38,12 @@ const DefaultNamespace = "natskvlease"
 var (
 	// DefaultDurationBuckets suit one round trip to a NATS server, and a
 	// handoff seen by a waiter: milliseconds, with a tail for timeouts.
-	DefaultDurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	DefaultDurationBuckets = buckets.Duration()
 	// DefaultMarginBuckets suit the time left on a lease's safety deadline
 	// (nine tenths of a TTL of seconds to a minute) when a renewal lands.
-	DefaultMarginBuckets = []float64{.05, .1, .25, .5, 1, 2, 3, 5, 7.5, 10, 20, 30, 60}
+	DefaultMarginBuckets = buckets.Margin()
 	// DefaultTermBuckets suit how long a leader leads: seconds to a day.
-	DefaultTermBuckets = []float64{1, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600}
+	DefaultTermBuckets = buckets.Term()
 )
 
 // Option configures New.
